@@ -1,0 +1,59 @@
+//! Command definitions. Each subcommand parses its flags, calls the library
+//! and prints; no model or metric logic lives here.
+
+mod embed;
+mod progress;
+
+use clap::{Args, Parser, Subcommand};
+use embedtune::{DeviceSpec, EmbedderOptions, Pooling};
+
+#[derive(Parser)]
+#[command(name = "embedtune", version, about = "Sentence embeddings: diagnose anisotropy, fine-tune for alignment and uniformity, embed, evaluate")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed texts from a file and write the vectors (.jsonl, .npy, .parquet, .arrow).
+    Embed(embed::EmbedArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed::run(args),
+    }
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A model folder, or a Hugging Face Hub id (`org/name` or `org/name@revision`).
+    #[arg(long)]
+    pub model: String,
+    /// cls, mean, max or first-last-avg [default: the model's 1_Pooling config, else cls]
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    /// Maximum tokens per text [default: the model's max_seq_length, else 512]
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// auto, cpu, cuda, cuda:N or metal
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+impl ModelArgs {
+    pub fn options(&self, normalize: Option<bool>) -> EmbedderOptions {
+        EmbedderOptions {
+            pooling: self.pooling,
+            normalize,
+            max_len: self.max_len,
+            batch_size: self.batch_size,
+            device: self.device,
+            ..EmbedderOptions::default()
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Sentences in, sentence vectors out: tokenizer + encoder + pooling.
+//!
+//! ```no_run
+//! use embedtune::{Embedder, EmbedderOptions};
+//! let embedder = Embedder::from_pretrained(
+//!     "sentence-transformers/all-MiniLM-L6-v2",
+//!     EmbedderOptions::default(),
+//! )?;
+//! let vectors = embedder.embed(&["A cat sleeps.", "A kitten naps."])?;
+//! assert_eq!(vectors.len(), 2);
+//! # Ok::<(), embedtune::Error>(())
+//! ```
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::device::DeviceSpec;
+use crate::error::{Error, Result};
+use crate::models::sbert::SbertSettings;
+use crate::models::{Encoder, EncoderOutput, LoadedEncoder, ModelFiles, load_encoder};
+use crate::pooling::{Pooling, l2_normalize};
+use crate::tokenize::{Batch, TextTokenizer, length_sorted_batches};
+
+/// Options of an [`Embedder`]; `None` means "what the model folder says".
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Default: the model's `1_Pooling/config.json`, else `cls`.
+    pub pooling: Option<Pooling>,
+    /// Default: true when the model's `modules.json` lists `Normalize`.
+    pub normalize: Option<bool>,
+    /// Default: `max_seq_length` of `sentence_bert_config.json`, else 512;
+    /// never above what the position table allows.
+    pub max_len: Option<usize>,
+    pub batch_size: usize,
+    pub device: DeviceSpec,
+    pub dtype: DType,
+    /// Load the weights as variables, for training.
+    pub trainable: bool,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            pooling: None,
+            normalize: None,
+            max_len: None,
+            batch_size: 32,
+            device: DeviceSpec::Auto,
+            dtype: DType::F32,
+            trainable: false,
+        }
+    }
+}
+
+/// A dense `rows × dim` matrix of embeddings, rows in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl Embeddings {
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.chunks_exact(self.dim.max(1))
+    }
+
+    pub fn to_vecs(&self) -> Vec<Vec<f32>> {
+        self.rows().map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// A model ready to embed text.
+pub struct Embedder {
+    files: ModelFiles,
+    model: LoadedEncoder,
+    tokenizer: TextTokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    batch_size: usize,
+    device: Device,
+}
+
+impl Embedder {
+    /// Loads a model from a local folder or a Hub id (`org/name[@rev]`).
+    pub fn from_pretrained(model: &str, options: EmbedderOptions) -> Result<Self> {
+        Self::from_files(ModelFiles::resolve(model)?, options)
+    }
+
+    pub fn from_files(files: ModelFiles, options: EmbedderOptions) -> Result<Self> {
+        if options.batch_size == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        let device = options.device.open()?;
+        let settings = SbertSettings::read(&files)?;
+        let model = load_encoder(&files, options.dtype, &device, options.trainable)?;
+        let limit = model.config.max_input_len();
+        let max_len = options
+            .max_len
+            .or(settings.max_seq_length)
+            .unwrap_or(512)
+            .min(limit);
+        let tokenizer = TextTokenizer::load(&files.tokenizer, max_len, model.config.pad_token_id as u32)?;
+        Ok(Embedder {
+            pooling: options.pooling.or(settings.pooling).unwrap_or(Pooling::Cls),
+            normalize: options.normalize.unwrap_or(settings.normalize),
+            batch_size: options.batch_size,
+            files,
+            model,
+            tokenizer,
+            device,
+        })
+    }
+
+    /// Unit-norm (when normalising) embeddings, one `Vec` per text.
+    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed_all(texts, &mut |_| {})?.to_vecs())
+    }
+
+    /// Embeds every text; `progress` is called with the number of texts done
+    /// after each batch.
+    pub fn embed_all<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Embeddings> {
+        let dim = self.model.encoder.hidden_size();
+        let mut data = vec![0f32; texts.len() * dim];
+        self.for_each_batch(texts, false, &mut |batch, output| {
+            let pooled = self.pool(output, batch)?;
+            let rows = pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (row, &i) in rows.iter().zip(&batch.indices) {
+                data[i * dim..(i + 1) * dim].copy_from_slice(row);
+            }
+            progress(batch.indices.len());
+            Ok(())
+        })?;
+        Ok(Embeddings { dim, data })
+    }
+
+    /// Tokenizes `texts` into length-sorted batches and runs the encoder on
+    /// each; `f` sees every batch with its output.
+    pub fn for_each_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        train: bool,
+        f: &mut dyn FnMut(&Batch, &EncoderOutput) -> Result<()>,
+    ) -> Result<()> {
+        let encoded = self.tokenizer.encode_all(texts)?;
+        for indices in length_sorted_batches(&encoded, self.batch_size) {
+            let batch = self.tokenizer.pad(&encoded, indices, &self.device)?;
+            let output = self.model.encoder.forward(&batch, train)?;
+            f(&batch, &output)?;
+        }
+        Ok(())
+    }
+
+    /// Pools (and normalises, when set) the encoder output of one batch.
+    pub fn pool(&self, output: &EncoderOutput, batch: &Batch) -> Result<Tensor> {
+        let pooled = self.pooling.pool(output, &batch.attention_mask)?;
+        if self.normalize {
+            l2_normalize(&pooled)
+        } else {
+            Ok(pooled)
+        }
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+    pub fn model(&self) -> &LoadedEncoder {
+        &self.model
+    }
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+    pub fn max_len(&self) -> usize {
+        self.tokenizer.max_len()
+    }
+    pub fn dim(&self) -> usize {
+        self.model.encoder.hidden_size()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}

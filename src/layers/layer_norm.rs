@@ -1,0 +1,46 @@
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::layers::WeightsView;
+
+/// Layer normalisation over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        LayerNorm { weight, bias, eps }
+    }
+
+    pub fn load(vb: &WeightsView, dim: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm::new(
+            vb.get("weight", &[dim])?,
+            vb.get("bias", &[dim])?,
+            eps,
+        ))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle-nn's fused kernel has no backward pass: use it only when no
+        // gradient can flow through this call.
+        if x.track_op() || self.weight.track_op() || self.bias.track_op() {
+            Ok(candle_nn::ops::layer_norm_slow(
+                x,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?)
+        } else {
+            Ok(candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?)
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Building blocks of transformer encoders, each with a backward pass on the
+//! path that training uses.
+
+mod activation;
+mod dropout;
+mod layer_norm;
+mod linear;
+mod weights;
+
+pub use activation::Activation;
+pub use dropout::Dropout;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use weights::{Weights, WeightsView};

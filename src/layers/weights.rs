@@ -1,0 +1,237 @@
+//! Named weights of a checkpoint, looked up with checked shapes.
+//!
+//! Checkpoints name the same tensor in several ways (`bert.` prefix or not,
+//! legacy `LayerNorm.gamma/beta`); [`Weights`] keeps one canonical name per
+//! tensor and remembers the original, so a fine-tuned model is saved under
+//! the names its base model used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::error::{Error, Result};
+use crate::models::files::WeightFiles;
+
+/// All tensors of a checkpoint under canonical names.
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    /// canonical name → name in the checkpoint file.
+    original_names: HashMap<String, String>,
+    /// Set for a trainable load: every weight the model takes becomes a
+    /// variable here, so an optimizer can update it.
+    varmap: Option<VarMap>,
+    /// Canonical names the model asked for, in order.
+    used: Mutex<Vec<String>>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Weights {
+    /// Reads every tensor of `files` onto `device` as `dtype`. `strip_prefixes`
+    /// are model prefixes (e.g. `bert.`) removed from the names.
+    pub fn load(
+        files: &WeightFiles,
+        strip_prefixes: &[&str],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut raw: Vec<(String, Tensor)> = Vec::new();
+        match files {
+            WeightFiles::SafeTensors(paths) => {
+                for path in paths {
+                    let map = candle_core::safetensors::load(path, device)
+                        .map_err(|e| unreadable(path, e))?;
+                    raw.extend(map);
+                }
+            }
+            WeightFiles::PytorchBin(path) => {
+                let tensors =
+                    candle_core::pickle::read_all(path).map_err(|e| unreadable(path, e))?;
+                for (name, t) in tensors {
+                    raw.push((name, t.to_device(device)?));
+                }
+            }
+        }
+        Self::from_tensors(raw, strip_prefixes, dtype, device)
+    }
+
+    /// Builds from named tensors (tests build tiny random models this way).
+    pub fn from_tensors(
+        named: impl IntoIterator<Item = (String, Tensor)>,
+        strip_prefixes: &[&str],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut original_names = HashMap::new();
+        for (name, tensor) in named {
+            let canonical = canonical_name(&name, strip_prefixes);
+            let tensor = if tensor.dtype().is_float() {
+                tensor.to_dtype(dtype)?
+            } else {
+                tensor
+            };
+            original_names.insert(canonical.clone(), name);
+            tensors.insert(canonical, tensor.to_device(device)?);
+        }
+        Ok(Weights {
+            tensors,
+            original_names,
+            varmap: None,
+            used: Mutex::new(Vec::new()),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Makes every weight handed out from now on a trainable variable.
+    pub fn into_trainable(mut self) -> Self {
+        self.varmap = Some(VarMap::new());
+        self
+    }
+
+    /// The variables created so far (those the model took), if trainable.
+    pub fn varmap(&self) -> Option<&VarMap> {
+        self.varmap.as_ref()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The checkpoint's own name for a canonical name.
+    pub fn original_name(&self, canonical: &str) -> Option<&str> {
+        self.original_names.get(canonical).map(String::as_str)
+    }
+
+    /// Canonical names the model used, in the order it asked for them.
+    pub fn used_names(&self) -> Vec<String> {
+        self.used.lock().expect("weights lock").clone()
+    }
+
+    /// The current value of every used weight under its original name, ready
+    /// to be written to safetensors.
+    pub fn current_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        let vars = self.varmap.as_ref().map(|v| v.data().lock().expect("varmap lock"));
+        for name in self.used_names() {
+            let tensor = match vars.as_ref().and_then(|v| v.get(&name)) {
+                Some(var) => var.as_tensor().clone(),
+                None => self.tensors[&name].clone(),
+            };
+            let original = self.original_name(&name).unwrap_or(&name).to_string();
+            out.insert(original, tensor);
+        }
+        Ok(out)
+    }
+
+    pub fn view(&self) -> WeightsView<'_> {
+        WeightsView {
+            weights: self,
+            prefix: String::new(),
+        }
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let tensor = self.tensors.get(name).ok_or_else(|| {
+            Error::Weight(format!("the checkpoint has no weight `{name}`"))
+        })?;
+        if tensor.dims() != shape {
+            return Err(Error::Weight(format!(
+                "weight `{name}` has shape {:?}, expected {shape:?}",
+                tensor.dims()
+            )));
+        }
+        self.used.lock().expect("weights lock").push(name.to_string());
+        match &self.varmap {
+            None => Ok(tensor.clone()),
+            Some(varmap) => {
+                let mut vars = varmap.data().lock().expect("varmap lock");
+                let var = match vars.get(name) {
+                    Some(var) => var.clone(),
+                    None => {
+                        let var = Var::from_tensor(tensor)?;
+                        vars.insert(name.to_string(), var.clone());
+                        var
+                    }
+                };
+                Ok(var.as_tensor().clone())
+            }
+        }
+    }
+}
+
+/// A prefix into [`Weights`], like candle's `VarBuilder::pp`.
+pub struct WeightsView<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl WeightsView<'_> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        WeightsView {
+            weights: self.weights,
+            prefix,
+        }
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.weights.get(&self.pp(name).prefix, shape)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.tensors.contains_key(&self.pp(name).prefix)
+    }
+}
+
+fn canonical_name(name: &str, strip_prefixes: &[&str]) -> String {
+    let mut name = name;
+    for prefix in strip_prefixes {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            name = rest;
+            break;
+        }
+    }
+    if let Some(stem) = name.strip_suffix("LayerNorm.gamma") {
+        format!("{stem}LayerNorm.weight")
+    } else if let Some(stem) = name.strip_suffix("LayerNorm.beta") {
+        format!("{stem}LayerNorm.bias")
+    } else {
+        name.to_string()
+    }
+}
+
+fn unreadable(path: &Path, e: candle_core::Error) -> Error {
+    Error::Weight(format!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_name;
+
+    #[test]
+    fn canonical_names() {
+        let p = ["bert."];
+        assert_eq!(
+            canonical_name("bert.embeddings.LayerNorm.gamma", &p),
+            "embeddings.LayerNorm.weight"
+        );
+        assert_eq!(
+            canonical_name("encoder.layer.0.output.LayerNorm.beta", &p),
+            "encoder.layer.0.output.LayerNorm.bias"
+        );
+        assert_eq!(canonical_name("cls.predictions.bias", &p), "cls.predictions.bias");
+    }
+}

@@ -1,0 +1,22 @@
+//! embedtune: sentence embeddings with BERT-style encoders.
+//!
+//! The data flow, one module per stage:
+//! text [`source`] → [`tokenize`] (batches) → encoder ([`models`], built from
+//! [`layers`]) → [`pooling`] → [`output`] writers, with [`inference`]'s
+//! [`Embedder`] tying the inference path together.
+
+pub mod device;
+pub mod error;
+pub mod inference;
+pub mod layers;
+pub mod models;
+pub mod output;
+pub mod pooling;
+pub mod rng;
+pub mod source;
+pub mod tokenize;
+
+pub use device::DeviceSpec;
+pub use error::{Error, Result};
+pub use inference::{Embedder, EmbedderOptions, Embeddings};
+pub use pooling::Pooling;

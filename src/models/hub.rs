@@ -1,0 +1,132 @@
+//! Files from the Hugging Face Hub, through `hf-hub` and its standard cache.
+//!
+//! The cache is the one Python's `huggingface_hub` uses (`HF_HUB_CACHE`, else
+//! `HF_HOME/hub`, else `~/.cache/huggingface/hub`), so a model downloaded by
+//! either is found by both. With `HF_HUB_OFFLINE=1`, or once the Hub turns
+//! out to be unreachable, only the cache is read.
+
+use std::path::PathBuf;
+
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::error::{Error, Result};
+use crate::models::files::FileStore;
+
+/// The cache folder, following `huggingface_hub`'s environment variables.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = env_path("HF_HUB_CACHE") {
+        return dir;
+    }
+    if let Some(home) = env_path("HF_HOME") {
+        return home.join("hub");
+    }
+    let home = env_path("HOME").unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// `HF_HUB_OFFLINE` set to a true value.
+pub fn offline_requested() -> bool {
+    matches!(
+        std::env::var("HF_HUB_OFFLINE").as_deref().map(str::to_ascii_lowercase).as_deref(),
+        Ok("1" | "true" | "yes" | "on")
+    )
+}
+
+pub(crate) struct HubStore {
+    repo_id: String,
+    repo: Repo,
+    cache: Cache,
+    /// `None` once we know the network must not, or cannot, be used.
+    api: Option<Api>,
+    offline_reason: Option<String>,
+}
+
+impl HubStore {
+    pub(crate) fn open(repo_id: &str, revision: Option<&str>) -> Result<Self> {
+        let revision = revision.unwrap_or("main").to_string();
+        let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision);
+        let cache = Cache::new(cache_dir());
+        let (api, offline_reason) = if offline_requested() {
+            (None, Some("HF_HUB_OFFLINE is set".to_string()))
+        } else {
+            let mut builder = ApiBuilder::from_cache(cache.clone())
+                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                builder = builder.with_endpoint(endpoint);
+            }
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                builder = builder.with_token(Some(token));
+            }
+            let api = builder
+                .build()
+                .map_err(|e| Error::Hub(format!("cannot set up the Hub client: {e}")))?;
+            (Some(api), None)
+        };
+        Ok(HubStore {
+            repo_id: repo_id.to_string(),
+            repo,
+            cache,
+            api,
+            offline_reason,
+        })
+    }
+}
+
+impl FileStore for HubStore {
+    fn file(&mut self, name: &str) -> Result<Option<PathBuf>> {
+        if let Some(path) = self.cache.repo(self.repo.clone()).get(name) {
+            return Ok(Some(path));
+        }
+        let Some(api) = &self.api else {
+            return Ok(None);
+        };
+        match api.repo(self.repo.clone()).download(name) {
+            Ok(path) => Ok(Some(path)),
+            Err(ApiError::RequestError(err)) => match *err {
+                // The repository has no such file: an optional file is absent.
+                ureq::Error::Status(404, _) => Ok(None),
+                ureq::Error::Status(code @ (401 | 403), _) => Err(Error::Hub(format!(
+                    "{}: access denied ({code}); a gated or private model needs HF_TOKEN",
+                    self.repo_id
+                ))),
+                ureq::Error::Status(code, _) => Err(Error::Hub(format!(
+                    "{}: downloading {name} failed with HTTP {code}",
+                    self.repo_id
+                ))),
+                // No connection: fall back to whatever the cache holds.
+                ureq::Error::Transport(t) => {
+                    eprintln!(
+                        "warning: the Hugging Face Hub is unreachable ({t}); using the local cache only"
+                    );
+                    self.api = None;
+                    self.offline_reason = Some("the Hub is unreachable".into());
+                    Ok(None)
+                }
+            },
+            Err(e) => Err(Error::Hub(format!(
+                "{}: downloading {name} failed: {e}",
+                self.repo_id
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "Hub repository {} (revision {}, cache {})",
+            self.repo_id,
+            self.repo.revision(),
+            self.cache.path().display()
+        );
+        if let Some(reason) = &self.offline_reason {
+            s.push_str(&format!("; offline because {reason}"));
+        }
+        s
+    }
+}

@@ -1,0 +1,91 @@
+//! Embedding writers: `.jsonl`, `.npy`, `.parquet`, `.arrow`.
+//!
+//! Every writer goes through [`AtomicFile`], so OUT is either the complete
+//! result or untouched: never half-written.
+
+mod atomic;
+mod columnar;
+mod npy;
+
+use std::io::Write;
+use std::path::Path;
+
+pub use atomic::AtomicFile;
+
+use crate::error::{Error, Result};
+use crate::inference::Embeddings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Jsonl,
+    Npy,
+    Parquet,
+    Arrow,
+}
+
+impl OutputFormat {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        match ext.as_str() {
+            "jsonl" | "ndjson" => Ok(OutputFormat::Jsonl),
+            "npy" => Ok(OutputFormat::Npy),
+            "parquet" => Ok(OutputFormat::Parquet),
+            "arrow" | "ipc" | "feather" => Ok(OutputFormat::Arrow),
+            _ => Err(Error::data(
+                path,
+                "unknown output format (expected .jsonl, .npy, .parquet or .arrow)",
+            )),
+        }
+    }
+}
+
+/// Checks, before any work, that `path` has a known format and a writable
+/// parent folder.
+pub fn check_destination(path: &Path) -> Result<OutputFormat> {
+    let format = OutputFormat::from_path(path)?;
+    atomic::check_parent(path)?;
+    if path.is_dir() {
+        return Err(Error::data(path, "is a folder, expected a file name"));
+    }
+    Ok(format)
+}
+
+/// Writes `texts` and their embeddings (same order) to `path`.
+pub fn write_embeddings(path: &Path, texts: &[String], embeddings: &Embeddings) -> Result<()> {
+    if texts.len() != embeddings.len() {
+        return Err(Error::Invalid(format!(
+            "{} texts but {} embeddings",
+            texts.len(),
+            embeddings.len()
+        )));
+    }
+    let format = OutputFormat::from_path(path)?;
+    let mut file = AtomicFile::create(path)?;
+    match format {
+        OutputFormat::Jsonl => write_jsonl(&mut file, texts, embeddings)
+            .map_err(|e| Error::io(path, e))?,
+        OutputFormat::Npy => npy::write(&mut file, embeddings).map_err(|e| Error::io(path, e))?,
+        OutputFormat::Parquet => columnar::write_parquet(&mut file, texts, embeddings)
+            .map_err(|e| Error::data(path, e))?,
+        OutputFormat::Arrow => columnar::write_arrow(&mut file, texts, embeddings)
+            .map_err(|e| Error::data(path, e))?,
+    }
+    file.commit()
+}
+
+fn write_jsonl(out: &mut impl Write, texts: &[String], embeddings: &Embeddings) -> std::io::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        text: &'a str,
+        embedding: &'a [f32],
+    }
+    for (text, embedding) in texts.iter().zip(embeddings.rows()) {
+        serde_json::to_writer(&mut *out, &Row { text, embedding })?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}

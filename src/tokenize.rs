@@ -1,0 +1,222 @@
+//! Text → token ids → padded batches.
+//!
+//! Sentences are tokenized in parallel, truncated to `max_len`, sorted by
+//! length and cut into batches padded only to their own longest sequence;
+//! every batch remembers which input rows it holds so results go back in
+//! input order.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use serde::Deserialize;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+use crate::error::{Error, Result};
+use crate::models::files::TokenizerFiles;
+
+/// A padded batch on a device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `(batch, seq)` u32 token ids, right-padded.
+    pub input_ids: Tensor,
+    /// `(batch, seq)` u32 segment ids.
+    pub token_type_ids: Tensor,
+    /// `(batch, seq)` u32: 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// Row `i` of this batch is input number `indices[i]`.
+    pub indices: Vec<usize>,
+}
+
+/// One tokenized text, before padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// A tokenizer with truncation fixed to `max_len` and no padding of its own.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pad_id: u32,
+    max_len: usize,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenizerConfig {
+    do_lower_case: Option<bool>,
+    strip_accents: Option<bool>,
+    tokenize_chinese_chars: Option<bool>,
+    unk_token: Option<String>,
+    cls_token: Option<String>,
+    sep_token: Option<String>,
+}
+
+impl TextTokenizer {
+    pub fn load(files: &TokenizerFiles, max_len: usize, pad_id: u32) -> Result<Self> {
+        let inner = match files {
+            TokenizerFiles::Json(path) => Tokenizer::from_file(path)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?,
+            TokenizerFiles::Vocab { vocab, config } => wordpiece(vocab, config.as_deref())?,
+        };
+        Self::from_tokenizer(inner, max_len, pad_id)
+    }
+
+    pub fn from_tokenizer(mut inner: Tokenizer, max_len: usize, pad_id: u32) -> Result<Self> {
+        if max_len < 2 {
+            return Err(Error::Invalid(format!(
+                "max length {max_len} leaves no room for the special tokens"
+            )));
+        }
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(TextTokenizer {
+            inner,
+            pad_id,
+            max_len,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Tokenizes every text, in parallel, with special tokens.
+    pub fn encode_all<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>> {
+        texts
+            .par_iter()
+            .map(|t| {
+                let enc = self
+                    .inner
+                    .encode(t.as_ref(), true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                Ok(Encoded {
+                    ids: enc.get_ids().to_vec(),
+                    type_ids: enc.get_type_ids().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Pads the given rows into one batch on `device`.
+    pub fn pad(&self, encoded: &[Encoded], indices: Vec<usize>, device: &Device) -> Result<Batch> {
+        let t = indices
+            .iter()
+            .map(|&i| encoded[i].ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let b = indices.len();
+        let mut ids = vec![self.pad_id; b * t];
+        let mut types = vec![0u32; b * t];
+        let mut mask = vec![0u32; b * t];
+        for (row, &i) in indices.iter().enumerate() {
+            let e = &encoded[i];
+            let off = row * t;
+            ids[off..off + e.ids.len()].copy_from_slice(&e.ids);
+            types[off..off + e.type_ids.len()].copy_from_slice(&e.type_ids);
+            mask[off..off + e.ids.len()].fill(1);
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids, (b, t), device)?,
+            token_type_ids: Tensor::from_vec(types, (b, t), device)?,
+            attention_mask: Tensor::from_vec(mask, (b, t), device)?,
+            indices,
+        })
+    }
+}
+
+/// Groups rows into batches of at most `batch_size`, sorted by length so each
+/// batch pads little. Returns indices into `encoded`.
+pub fn length_sorted_batches(encoded: &[Encoded], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..encoded.len()).collect();
+    // Longest first: the biggest batch runs first, so an out-of-memory error
+    // comes at once rather than at the end.
+    order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
+    order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+/// A BERT WordPiece tokenizer built from `vocab.txt` and the optional
+/// `tokenizer_config.json`, for models that ship no `tokenizer.json`.
+fn wordpiece(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
+    let cfg: TokenizerConfig = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        }
+        None => TokenizerConfig::default(),
+    };
+    let unk = cfg.unk_token.unwrap_or_else(|| "[UNK]".into());
+    let cls = cfg.cls_token.unwrap_or_else(|| "[CLS]".into());
+    let sep = cfg.sep_token.unwrap_or_else(|| "[SEP]".into());
+    let vocab_str = vocab
+        .to_str()
+        .ok_or_else(|| Error::Tokenizer(format!("{}: path is not UTF-8", vocab.display())))?;
+    let model = WordPiece::from_file(vocab_str)
+        .unk_token(unk)
+        .build()
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab.display())))?;
+    let token_id = |tok: &str| -> Result<u32> {
+        model_token_id(&model, tok).ok_or_else(|| {
+            Error::Tokenizer(format!("{} has no `{tok}` token", vocab.display()))
+        })
+    };
+    let (cls_id, sep_id) = (token_id(&cls)?, token_id(&sep)?);
+    let lowercase = cfg.do_lower_case.unwrap_or(true);
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(
+            true,
+            cfg.tokenize_chinese_chars.unwrap_or(true),
+            cfg.strip_accents,
+            lowercase,
+        )))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+    Ok(tokenizer)
+}
+
+fn model_token_id(model: &WordPiece, token: &str) -> Option<u32> {
+    use tokenizers::Model;
+    model.token_to_id(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_sorted_by_length_cover_every_row_once() {
+        let enc: Vec<Encoded> = [3usize, 9, 1, 5, 7]
+            .iter()
+            .map(|&n| Encoded {
+                ids: vec![1; n],
+                type_ids: vec![0; n],
+            })
+            .collect();
+        let batches = length_sorted_batches(&enc, 2);
+        assert_eq!(batches, vec![vec![1, 4], vec![3, 0], vec![2]]);
+    }
+}

@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The real model the heavier tests use: `EMBEDTUNE_TEST_MODEL`, else
+/// `../shared/models/all-MiniLM-L6-v2`. When it is absent the test fails
+/// under CI and is skipped (with a notice) elsewhere.
+pub fn test_model() -> Option<PathBuf> {
+    let path = std::env::var_os("EMBEDTUNE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared_dir().join("models/all-MiniLM-L6-v2"));
+    if path.join("config.json").is_file() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("test model not found at {} (set EMBEDTUNE_TEST_MODEL)", path.display());
+    }
+    eprintln!("skipping: test model not found at {} (set EMBEDTUNE_TEST_MODEL)", path.display());
+    None
+}
+
+/// `../shared` beside the repository.
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// A file under `../shared/data`, or `None` (failing under CI) when absent.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let path = shared_dir().join("data").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("shared data not found at {}", path.display());
+    }
+    eprintln!("skipping: shared data not found at {}", path.display());
+    None
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Cosine similarity of two vectors, in f64.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
