@@ -3,12 +3,14 @@
 //! on the training path.
 
 mod config;
+mod init;
 
 use std::sync::Mutex;
 
 use candle_core::{D, DType, Tensor};
 
 pub use config::BertConfig;
+pub use init::init_weights;
 
 use crate::error::Result;
 use crate::layers::{Activation, Dropout, LayerNorm, Linear, WeightsView};
