@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use embedtune::{Embedder, output, source};
 
@@ -43,8 +42,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         (_, true) => Some(false),
         _ => None,
     };
-    let embedder = Embedder::from_pretrained(&args.model.model, args.model.options(normalize))
-        .with_context(|| format!("loading {}", args.model.model))?;
+    let embedder = Embedder::from_pretrained(&args.model.model, args.model.options(normalize))?;
     let bar = progress::bar(texts.texts.len() as u64, "texts");
     let embeddings = embedder.embed_all(&texts.texts, &mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();

@@ -11,7 +11,7 @@ use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{Error, Result};
-use crate::models::files::FileStore;
+use crate::models::files::{self, FileStore};
 
 /// The cache folder, following `huggingface_hub`'s environment variables.
 pub fn cache_dir() -> PathBuf {
@@ -69,19 +69,49 @@ impl HubStore {
                 .map_err(|e| Error::Hub(format!("cannot set up the Hub client: {e}")))?;
             (Some(api), None)
         };
-        Ok(HubStore {
+        let mut store = HubStore {
             repo_id: repo_id.to_string(),
             repo,
             cache,
             api,
             offline_reason,
-        })
+        };
+        // A snapshot with a config and weights is complete: use it without
+        // asking the Hub about every optional file.
+        let weights = [files::SAFETENSORS, files::SAFETENSORS_INDEX, files::PYTORCH_BIN];
+        if store.api.is_some()
+            && store.cached(files::CONFIG).is_some()
+            && weights.iter().any(|w| store.cached(w).is_some())
+        {
+            store.api = None;
+            store.offline_reason = Some("the model is already cached".into());
+        }
+        Ok(store)
+    }
+}
+
+impl HubStore {
+    /// `name` in the cache's snapshot for this revision. A revision is a
+    /// branch or tag (resolved through `refs/`) or a commit hash (a snapshot
+    /// folder of that name), as `huggingface_hub` lays the cache out.
+    fn cached(&self, name: &str) -> Option<PathBuf> {
+        if let Some(path) = self.cache.repo(self.repo.clone()).get(name) {
+            return Some(path);
+        }
+        let snapshot = self
+            .cache
+            .path()
+            .join(self.repo.folder_name())
+            .join("snapshots")
+            .join(self.repo.revision())
+            .join(name);
+        snapshot.is_file().then_some(snapshot)
     }
 }
 
 impl FileStore for HubStore {
     fn file(&mut self, name: &str) -> Result<Option<PathBuf>> {
-        if let Some(path) = self.cache.repo(self.repo.clone()).get(name) {
+        if let Some(path) = self.cached(name) {
             return Ok(Some(path));
         }
         let Some(api) = &self.api else {
