@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod inference;
 pub mod layers;
+pub mod losses;
 pub mod models;
 pub mod output;
 pub mod pooling;

@@ -1,0 +1,163 @@
+//! Training objectives on sentence embeddings (differentiable candle ops).
+//!
+//! Wang & Isola (ICML 2020): contrastive learning optimises *alignment*
+//! (positive pairs close) and *uniformity* (features spread over the
+//! hypersphere); both can be trained on directly. `info_nce` is SimCSE's
+//! in-batch contrastive loss. Inputs are normalised here, so callers may
+//! pass raw pooled vectors.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::pooling::l2_normalize;
+
+/// `mean_i ‖xᵢ − yᵢ‖₂^α` over positive pairs `(xᵢ, yᵢ)`.
+pub fn align(x: &Tensor, y: &Tensor, alpha: f64) -> Result<Tensor> {
+    check_pair(x, y)?;
+    let sq = (l2_normalize(x)? - l2_normalize(y)?)?.sqr()?.sum(D::Minus1)?;
+    let per_pair = if alpha == 2.0 {
+        sq
+    } else {
+        // ‖d‖^α = (‖d‖²)^(α/2); the epsilon keeps the gradient finite when
+        // a pair coincides and α < 2.
+        (sq + 1e-12)?.powf(alpha / 2.0)?
+    };
+    Ok(per_pair.mean_all()?)
+}
+
+/// `log mean_{i<j} exp(−t‖xᵢ − xⱼ‖²)`, computed as a log-sum-exp so that it
+/// stays finite however far apart the points are.
+pub fn uniform(x: &Tensor, t: f64) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    if n < 2 {
+        return Err(Error::Invalid(format!(
+            "uniformity needs at least 2 embeddings, got {n}"
+        )));
+    }
+    let x = l2_normalize(x)?;
+    let sq_dist = squared_distances(&x)?;
+    let logits = (sq_dist * (-t))?;
+    // Only distinct pairs i < j count; the others are pushed far below.
+    let upper = upper_triangle_mask(n, x.dtype(), x.device())?;
+    let logits = (logits.broadcast_mul(&upper)? + ((upper.ones_like()? - &upper)? * -1e9)?)?;
+    let pairs = (n * (n - 1) / 2) as f64;
+    Ok((log_sum_exp_all(&logits)? - pairs.ln())?)
+}
+
+/// SimCSE's in-batch contrastive loss: cross-entropy over cosine
+/// similarities `cos(xᵢ, yⱼ)/τ` with the matching row as the target.
+pub fn info_nce(x: &Tensor, y: &Tensor, tau: f64) -> Result<Tensor> {
+    check_pair(x, y)?;
+    let n = x.dim(0)?;
+    let sim = (l2_normalize(x)?.matmul(&l2_normalize(y)?.t()?)? / tau)?;
+    let log_probs = candle_nn::ops::log_softmax(&sim, D::Minus1)?;
+    let eye = Tensor::eye(n, x.dtype(), x.device())?;
+    Ok((log_probs.mul(&eye)?.sum_all()? * (-1.0 / n as f64))?)
+}
+
+/// Which objective to train, with its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossConfig {
+    pub w_align: f64,
+    pub w_uniform: f64,
+    pub w_info_nce: f64,
+    /// Exponent of the alignment distance.
+    pub alpha: f64,
+    /// Uniformity temperature.
+    pub t: f64,
+    /// InfoNCE temperature.
+    pub tau: f64,
+}
+
+impl LossConfig {
+    /// Alignment + uniformity with Wang & Isola's defaults (α = 2, t = 2).
+    pub fn align_uniform() -> Self {
+        LossConfig {
+            w_align: 1.0,
+            w_uniform: 1.0,
+            w_info_nce: 0.0,
+            alpha: 2.0,
+            t: 2.0,
+            tau: 0.05,
+        }
+    }
+
+    /// SimCSE's InfoNCE with τ = 0.05.
+    pub fn info_nce() -> Self {
+        LossConfig {
+            w_align: 0.0,
+            w_uniform: 0.0,
+            w_info_nce: 1.0,
+            ..Self::align_uniform()
+        }
+    }
+
+    /// Both, weighted 1 : 1 : 1.
+    pub fn combined() -> Self {
+        LossConfig {
+            w_info_nce: 1.0,
+            ..Self::align_uniform()
+        }
+    }
+}
+
+/// The loss of one batch and its parts (scalars; the parts are reported
+/// whatever their weight).
+pub struct LossParts {
+    pub total: Tensor,
+    pub align: Tensor,
+    /// Mean of `uniform(x)` and `uniform(y)`, as in the reference.
+    pub uniform: Tensor,
+    pub info_nce: Option<Tensor>,
+}
+
+/// `w_align·align + w_uniform·(uniform(x) + uniform(y))/2 + w_nce·info_nce`
+/// on two views `x`, `y` of the same sentences.
+pub fn combined(x: &Tensor, y: &Tensor, cfg: &LossConfig) -> Result<LossParts> {
+    let a = align(x, y, cfg.alpha)?;
+    let u = ((uniform(x, cfg.t)? + uniform(y, cfg.t)?)? * 0.5)?;
+    let mut total = ((&a * cfg.w_align)? + (&u * cfg.w_uniform)?)?;
+    let mut nce = None;
+    if cfg.w_info_nce != 0.0 {
+        let l = info_nce(x, y, cfg.tau)?;
+        total = (total + (&l * cfg.w_info_nce)?)?;
+        nce = Some(l);
+    }
+    Ok(LossParts {
+        total,
+        align: a,
+        uniform: u,
+        info_nce: nce,
+    })
+}
+
+fn check_pair(x: &Tensor, y: &Tensor) -> Result<()> {
+    if x.dims() != y.dims() || x.rank() != 2 {
+        return Err(Error::Invalid(format!(
+            "expected two (n, d) batches of the same shape, got {:?} and {:?}",
+            x.dims(),
+            y.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// `‖xᵢ − xⱼ‖²` for unit rows, clamped at 0 against rounding.
+fn squared_distances(x: &Tensor) -> Result<Tensor> {
+    let gram = x.matmul(&x.t()?)?;
+    Ok((2.0 - (gram * 2.0)?)?.relu()?)
+}
+
+fn upper_triangle_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..n * n)
+        .map(|k| if k % n > k / n { 1.0 } else { 0.0 })
+        .collect();
+    Ok(Tensor::from_vec(mask, (n, n), device)?.to_dtype(dtype)?)
+}
+
+/// `log Σ exp(v)` over all elements, shifted by the (constant) maximum.
+fn log_sum_exp_all(v: &Tensor) -> Result<Tensor> {
+    let m = v.max_all()?.detach();
+    let shifted = v.broadcast_sub(&m)?;
+    Ok(shifted.exp()?.sum_all()?.log()?.add(&m)?)
+}
