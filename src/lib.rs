@@ -10,6 +10,7 @@ pub mod error;
 pub mod inference;
 pub mod layers;
 pub mod losses;
+pub mod metrics;
 pub mod models;
 pub mod output;
 pub mod pooling;

@@ -1,0 +1,108 @@
+use nalgebra::{DMatrix, SymmetricEigen};
+
+use crate::error::{Error, Result};
+use crate::inference::Embeddings;
+
+/// Principal axes of a set of vectors: eigenvalues (descending) and the
+/// matching unit eigenvectors of their covariance (or, uncentered, of their
+/// second-moment matrix).
+#[derive(Debug, Clone)]
+pub struct Spectrum {
+    pub eigenvalues: Vec<f64>,
+    pub eigenvectors: Vec<Vec<f64>>,
+}
+
+impl Spectrum {
+    /// `(1/n) Σ (xᵢ − x̄)(xᵢ − x̄)ᵀ` when `center`, else `(1/n) Σ xᵢxᵢᵀ`.
+    pub fn of(e: &Embeddings, center: bool) -> Result<Self> {
+        let (n, d) = (e.len(), e.dim);
+        if n < 2 {
+            return Err(Error::Invalid(format!("need at least 2 embeddings, got {n}")));
+        }
+        let mut mean = vec![0f64; d];
+        if center {
+            for row in e.rows() {
+                for (m, v) in mean.iter_mut().zip(row) {
+                    *m += *v as f64 / n as f64;
+                }
+            }
+        }
+        // d × d accumulation, one row at a time: memory independent of n.
+        let mut cov = DMatrix::<f64>::zeros(d, d);
+        let mut centered = vec![0f64; d];
+        for row in e.rows() {
+            for ((c, v), m) in centered.iter_mut().zip(row).zip(&mean) {
+                *c = *v as f64 - m;
+            }
+            for a in 0..d {
+                let ca = centered[a];
+                if ca == 0.0 {
+                    continue;
+                }
+                for b in a..d {
+                    cov[(a, b)] += ca * centered[b];
+                }
+            }
+        }
+        for a in 0..d {
+            for b in a..d {
+                let v = cov[(a, b)] / n as f64;
+                cov[(a, b)] = v;
+                cov[(b, a)] = v;
+            }
+        }
+        let eig = SymmetricEigen::new(cov);
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        Ok(Spectrum {
+            eigenvalues: order.iter().map(|&i| eig.eigenvalues[i].max(0.0)).collect(),
+            eigenvectors: order
+                .iter()
+                .map(|&i| eig.eigenvectors.column(i).iter().copied().collect())
+                .collect(),
+        })
+    }
+}
+
+/// Share of the variance along the first principal component.
+pub fn top1_variance_ratio(s: &Spectrum) -> f64 {
+    let total: f64 = s.eigenvalues.iter().sum();
+    if total == 0.0 { 1.0 } else { s.eigenvalues[0] / total }
+}
+
+/// Roy & Vetterli's effective rank: `exp(H(p))` with `pᵢ = σᵢ / Σσ` the
+/// normalised singular values (σᵢ ∝ √λᵢ).
+pub fn effective_rank(s: &Spectrum) -> f64 {
+    let sigma: Vec<f64> = s.eigenvalues.iter().map(|l| l.sqrt()).collect();
+    let total: f64 = sigma.iter().sum();
+    if total == 0.0 {
+        return 1.0;
+    }
+    let h: f64 = sigma
+        .iter()
+        .map(|v| v / total)
+        .filter(|p| *p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum();
+    h.exp()
+}
+
+/// IsoScore (Rudman et al., 2022) from the covariance spectrum of the point
+/// cloud: 1 when every dimension is used equally, 0 when one is.
+///
+/// The variances along the principal axes `Σ_D` are scaled to norm √d, their
+/// distance to the all-ones vector `δ = ‖Σ̂_D − 1‖ / √(2(d − √d))` gives the
+/// fraction of dimensions used, `φ = (d − δ²(d − √d))² / d²`, and
+/// IsoScore `= (dφ − 1)/(d − 1)`.
+pub fn isoscore(s: &Spectrum) -> f64 {
+    let d = s.eigenvalues.len() as f64;
+    let norm = s.eigenvalues.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if norm == 0.0 || d < 2.0 {
+        return 0.0;
+    }
+    let scaled = s.eigenvalues.iter().map(|v| v * d.sqrt() / norm);
+    let dist = scaled.map(|v| (v - 1.0).powi(2)).sum::<f64>().sqrt();
+    let delta = dist / (2.0 * (d - d.sqrt())).sqrt();
+    let phi = (d - delta * delta * (d - d.sqrt())).powi(2) / (d * d);
+    ((d * phi - 1.0) / (d - 1.0)).clamp(0.0, 1.0)
+}
