@@ -134,16 +134,32 @@ impl Embedder {
         texts: &[S],
         progress: &mut dyn FnMut(usize),
     ) -> Result<Embeddings> {
-        let dim = self.model.encoder.hidden_size();
+        self.embed_batches(texts, false, self.normalize, &mut |batch, _| {
+            progress(batch.indices.len());
+            Ok(())
+        })
+    }
+
+    /// Pooled embeddings in input order, in train (dropout) or eval mode,
+    /// unit-norm when `normalize`; `also` sees every batch and its encoder
+    /// output too (for figures beyond the pooled vectors).
+    pub fn embed_batches<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        train: bool,
+        normalize: bool,
+        also: &mut dyn FnMut(&Batch, &EncoderOutput) -> Result<()>,
+    ) -> Result<Embeddings> {
+        let dim = self.dim();
         let mut data = vec![0f32; texts.len() * dim];
-        self.for_each_batch(texts, false, &mut |batch, output| {
-            let pooled = self.pool(output, batch)?;
+        self.for_each_batch(texts, train, &mut |batch, output| {
+            let pooled = self.pooling.pool(output, &batch.attention_mask)?;
+            let pooled = if normalize { l2_normalize(&pooled)? } else { pooled };
             let rows = pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (row, &i) in rows.iter().zip(&batch.indices) {
                 data[i * dim..(i + 1) * dim].copy_from_slice(row);
             }
-            progress(batch.indices.len());
-            Ok(())
+            also(batch, output)
         })?;
         Ok(Embeddings { dim, data })
     }

@@ -6,6 +6,7 @@
 //! [`Embedder`] tying the inference path together.
 
 pub mod device;
+pub mod diagnose;
 pub mod error;
 pub mod inference;
 pub mod layers;
@@ -14,8 +15,10 @@ pub mod metrics;
 pub mod models;
 pub mod output;
 pub mod pooling;
+pub mod report;
 pub mod rng;
 pub mod source;
+pub mod sts;
 pub mod tokenize;
 
 pub use device::DeviceSpec;

@@ -64,6 +64,20 @@ impl Pooling {
     }
 }
 
+impl Pooling {
+    /// Pools the hidden states of a single layer (for per-layer figures);
+    /// `first-last-avg`, which needs two layers, is a masked mean here.
+    pub fn pool_layer(self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let single = EncoderOutput {
+            hidden_states: vec![hidden.clone()],
+        };
+        match self {
+            Pooling::FirstLastAvg => Pooling::Mean.pool(&single, attention_mask),
+            p => p.pool(&single, attention_mask),
+        }
+    }
+}
+
 /// Mean of `x` (`(batch, seq, hidden)`) over positions where `mask` is 1.
 pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let mask = mask.to_dtype(x.dtype())?.unsqueeze(2)?;

@@ -4,29 +4,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn embedtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_embedtune"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-/// Asserts a clean failure: non-zero exit, one line on stderr, no panic.
-fn assert_clean_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(
-        lines[0].to_lowercase().contains(&needle.to_lowercase()),
-        "`{needle}` not in: {stderr}"
-    );
-}
+use common::{assert_clean_error, embedtune};
 
 /// A copy of the model folder (files linked) without `skip`, plus `extra`.
 fn model_variant(model: &Path, dir: &Path, skip: &[&str], extra: &[(&str, Vec<u8>)]) -> PathBuf {

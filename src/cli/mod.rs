@@ -1,7 +1,9 @@
 //! Command definitions. Each subcommand parses its flags, calls the library
 //! and prints; no model or metric logic lives here.
 
+mod diagnose;
 mod embed;
+mod eval;
 mod progress;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,11 +20,17 @@ pub struct Cli {
 enum Command {
     /// Embed texts from a file and write the vectors (.jsonl, .npy, .parquet, .arrow).
     Embed(embed::EmbedArgs),
+    /// Measure anisotropy: average cosine, uniformity, alignment, spectrum, per layer; SVG figures.
+    Diagnose(diagnose::DiagnoseArgs),
+    /// STS evaluation: Spearman and Pearson ×100 of cosine similarity against gold scores.
+    Eval(eval::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Embed(args) => embed::run(args),
+        Command::Diagnose(args) => diagnose::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

@@ -1,3 +1,4 @@
+use candle_core::{DType, Device, Tensor};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use crate::error::{Error, Result};
@@ -19,38 +20,7 @@ impl Spectrum {
         if n < 2 {
             return Err(Error::Invalid(format!("need at least 2 embeddings, got {n}")));
         }
-        let mut mean = vec![0f64; d];
-        if center {
-            for row in e.rows() {
-                for (m, v) in mean.iter_mut().zip(row) {
-                    *m += *v as f64 / n as f64;
-                }
-            }
-        }
-        // d × d accumulation, one row at a time: memory independent of n.
-        let mut cov = DMatrix::<f64>::zeros(d, d);
-        let mut centered = vec![0f64; d];
-        for row in e.rows() {
-            for ((c, v), m) in centered.iter_mut().zip(row).zip(&mean) {
-                *c = *v as f64 - m;
-            }
-            for a in 0..d {
-                let ca = centered[a];
-                if ca == 0.0 {
-                    continue;
-                }
-                for b in a..d {
-                    cov[(a, b)] += ca * centered[b];
-                }
-            }
-        }
-        for a in 0..d {
-            for b in a..d {
-                let v = cov[(a, b)] / n as f64;
-                cov[(a, b)] = v;
-                cov[(b, a)] = v;
-            }
-        }
+        let cov = second_moment(e, center)?;
         let eig = SymmetricEigen::new(cov);
         let mut order: Vec<usize> = (0..d).collect();
         order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
@@ -62,6 +32,30 @@ impl Spectrum {
                 .collect(),
         })
     }
+}
+
+/// `(1/n) XᵀX` of the (centered) rows in f64, a block of rows at a time
+/// through gemm: memory is `block × d` whatever `n` is.
+fn second_moment(e: &Embeddings, center: bool) -> Result<DMatrix<f64>> {
+    const BLOCK: usize = 8192;
+    let (n, d) = (e.len(), e.dim);
+    let all = Tensor::from_slice(&e.data, (n, d), &Device::Cpu)?;
+    let mean = if center {
+        Some(all.to_dtype(DType::F64)?.mean_keepdim(0)?)
+    } else {
+        None
+    };
+    let mut acc = Tensor::zeros((d, d), DType::F64, &Device::Cpu)?;
+    for start in (0..n).step_by(BLOCK) {
+        let rows = BLOCK.min(n - start);
+        let mut block = all.narrow(0, start, rows)?.to_dtype(DType::F64)?;
+        if let Some(m) = &mean {
+            block = block.broadcast_sub(m)?;
+        }
+        acc = (acc + block.t()?.matmul(&block)?)?;
+    }
+    let values: Vec<f64> = (acc / n as f64)?.flatten_all()?.to_vec1()?;
+    Ok(DMatrix::from_row_slice(d, d, &values))
 }
 
 /// Share of the variance along the first principal component.
