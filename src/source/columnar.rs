@@ -5,38 +5,45 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 
 use crate::error::{Error, Result};
-use crate::source::{Texts, missing_column, push_text};
+use crate::source::{Item, TextStream, missing_column};
 
-pub(super) fn read_parquet(path: &Path, column: &str) -> Result<Texts> {
+pub(super) fn open_parquet(path: &Path, column: &str) -> Result<TextStream> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::data(path, format!("not a readable Parquet file: {e}")))?;
     let idx = column_index(path, builder.schema(), column)?;
+    check_type(path, builder.schema(), idx, column)?;
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [idx]);
     let reader = builder
         .with_projection(mask)
         .build()
         .map_err(|e| Error::data(path, e.to_string()))?;
-    let mut out = Texts::default();
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::data(path, e.to_string()))?;
-        // The projection leaves just the one column.
-        collect_strings(path, &batch, 0, column, &mut out)?;
-    }
-    Ok(out)
+    let path = path.to_path_buf();
+    // The projection leaves just the one column.
+    Ok(flatten(reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))), 0))
 }
 
-pub(super) fn read_arrow(path: &Path, column: &str) -> Result<Texts> {
+pub(super) fn open_arrow(path: &Path, column: &str) -> Result<TextStream> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = arrow::ipc::reader::FileReader::try_new(file, None)
         .map_err(|e| Error::data(path, format!("not a readable Arrow IPC file: {e}")))?;
     let idx = column_index(path, &reader.schema(), column)?;
-    let mut out = Texts::default();
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::data(path, e.to_string()))?;
-        collect_strings(path, &batch, idx, column, &mut out)?;
-    }
-    Ok(out)
+    check_type(path, &reader.schema(), idx, column)?;
+    let path = path.to_path_buf();
+    Ok(flatten(reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))), idx))
+}
+
+/// Record batches → one item per row, a batch at a time.
+fn flatten(
+    batches: impl Iterator<Item = Result<RecordBatch>> + Send + 'static,
+    idx: usize,
+) -> TextStream {
+    Box::new(batches.flat_map(move |batch| -> Vec<Result<Item>> {
+        match batch {
+            Ok(b) => strings(&b, idx).into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }))
 }
 
 fn column_index(path: &Path, schema: &SchemaRef, column: &str) -> Result<usize> {
@@ -46,36 +53,22 @@ fn column_index(path: &Path, schema: &SchemaRef, column: &str) -> Result<usize> 
     })
 }
 
-fn collect_strings(
-    path: &Path,
-    batch: &RecordBatch,
-    idx: usize,
-    column: &str,
-    out: &mut Texts,
-) -> Result<()> {
+fn check_type(path: &Path, schema: &SchemaRef, idx: usize, column: &str) -> Result<()> {
+    match schema.field(idx).data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(()),
+        other => Err(Error::data(
+            path,
+            format!("column `{column}` has type {other}, expected a string column"),
+        )),
+    }
+}
+
+fn strings(batch: &RecordBatch, idx: usize) -> Vec<Item> {
     let array = batch.column(idx);
     match array.data_type() {
-        DataType::Utf8 => {
-            for v in array.as_string::<i32>() {
-                push_text(out, v);
-            }
-        }
-        DataType::LargeUtf8 => {
-            for v in array.as_string::<i64>() {
-                push_text(out, v);
-            }
-        }
-        DataType::Utf8View => {
-            for v in array.as_string_view() {
-                push_text(out, v);
-            }
-        }
-        other => {
-            return Err(Error::data(
-                path,
-                format!("column `{column}` has type {other}, expected a string column"),
-            ));
-        }
+        DataType::Utf8 => array.as_string::<i32>().iter().map(Item::from_text).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(Item::from_text).collect(),
+        DataType::Utf8View => array.as_string_view().iter().map(Item::from_text).collect(),
+        _ => Vec::new(),
     }
-    Ok(())
 }

@@ -2,13 +2,12 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::source::{Texts, missing_column, push_text};
+use crate::source::{Item, TextStream, missing_column};
 
 /// CSV or TSV with a header row.
-pub(super) fn read_csv(path: &Path, column: &str, delimiter: u8) -> Result<Texts> {
+pub(super) fn open_csv(path: &Path, column: &str, delimiter: u8) -> Result<TextStream> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
-        .flexible(false)
         .from_path(path)
         .map_err(|e| Error::data(path, e.to_string()))?;
     let headers: Vec<String> = reader
@@ -21,48 +20,52 @@ pub(super) fn read_csv(path: &Path, column: &str, delimiter: u8) -> Result<Texts
         .iter()
         .position(|h| h == column)
         .ok_or_else(|| missing_column(path, column, &headers))?;
-    let mut out = Texts::default();
-    for record in reader.records() {
-        let record = record.map_err(|e| Error::data(path, e.to_string()))?;
-        push_text(&mut out, record.get(idx));
-    }
-    Ok(out)
+    let path = path.to_path_buf();
+    Ok(Box::new(reader.into_records().map(move |record| {
+        let record = record.map_err(|e| Error::data(&path, e.to_string()))?;
+        Ok(Item::from_text(record.get(idx)))
+    })))
 }
 
-/// One JSON object per line, the text under `column`.
-pub(super) fn read_jsonl(path: &Path, column: &str) -> Result<Texts> {
+/// One JSON object per line, the text under `column`. The first object must
+/// have the column, so a wrong `--column` fails at once.
+pub(super) fn open_jsonl(path: &Path, column: &str) -> Result<TextStream> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut out = Texts::default();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::data(path, format!("line {}: {e}", n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| Error::data(path, format!("line {}: invalid JSON: {e}", n + 1)))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Error::data(path, format!("line {}: not a JSON object", n + 1)))?;
-        match obj.get(column) {
-            Some(serde_json::Value::String(s)) => push_text(&mut out, Some(s)),
-            Some(serde_json::Value::Null) => push_text(&mut out, None),
-            Some(_) => {
-                return Err(Error::data(
-                    path,
-                    format!("line {}: `{column}` is not a string", n + 1),
-                ));
-            }
-            None if out.texts.is_empty() && out.skipped_empty == 0 => {
+    let owned = path.to_path_buf();
+    let column = column.to_string();
+    let mut seen_first = false;
+    let mut rows = BufReader::new(file).lines().enumerate().filter_map(move |(n, line)| {
+        let path = &owned;
+        let bad = |m: String| Error::data(path, format!("line {}: {m}", n + 1));
+        let line = match line {
+            Ok(l) if l.trim().is_empty() => return None,
+            Ok(l) => l,
+            Err(e) => return Some(Err(bad(e.to_string()))),
+        };
+        let value: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(bad(format!("invalid JSON: {e}")))),
+        };
+        let Some(obj) = value.as_object() else {
+            return Some(Err(bad("not a JSON object".into())));
+        };
+        let first = !seen_first;
+        seen_first = true;
+        Some(match obj.get(&column) {
+            Some(serde_json::Value::String(s)) => Ok(Item::from_text(Some(s))),
+            Some(serde_json::Value::Null) => Ok(Item::Empty),
+            Some(_) => Err(bad(format!("`{column}` is not a string"))),
+            None if first => {
                 let keys: Vec<String> = obj.keys().cloned().collect();
-                return Err(missing_column(path, column, &keys));
+                Err(missing_column(path, &column, &keys))
             }
-            None => {
-                return Err(Error::data(
-                    path,
-                    format!("line {}: no field `{column}`", n + 1),
-                ));
-            }
-        }
+            None => Err(bad(format!("no field `{column}`"))),
+        })
+    });
+    // Read the first row now so a wrong column is reported by `open`.
+    let first = rows.next();
+    if let Some(Err(e)) = first {
+        return Err(e);
     }
-    Ok(out)
+    Ok(Box::new(first.into_iter().chain(rows)))
 }

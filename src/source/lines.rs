@@ -2,28 +2,24 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::source::{Texts, push_text};
+use crate::source::{Item, TextStream};
 
-/// One text per line; blank lines and lines that are not UTF-8 are skipped
-/// (the latter counted, so the caller can report them).
-pub(super) fn read(path: &Path) -> Result<Texts> {
+/// One text per line; lines that are not UTF-8 come back as
+/// [`Item::InvalidUtf8`] so the caller can skip and count them.
+pub(super) fn open(path: &Path) -> Result<TextStream> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let path = path.to_path_buf();
     let mut reader = BufReader::new(file);
-    let mut out = Texts::default();
     let mut buf = Vec::new();
-    loop {
+    Ok(Box::new(std::iter::from_fn(move || {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(match std::str::from_utf8(&buf) {
+                Ok(line) => Item::from_text(Some(line)),
+                Err(_) => Item::InvalidUtf8,
+            })),
+            Err(e) => Some(Err(Error::io(&path, e))),
         }
-        match std::str::from_utf8(&buf) {
-            Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => push_text(&mut out, Some(line)),
-            Err(_) => out.skipped_invalid_utf8 += 1,
-        }
-    }
-    Ok(out)
+    })))
 }

@@ -1,4 +1,5 @@
-//! Text sources: the files sentences come from.
+//! Text sources: the files sentences come from, read as streams so a corpus
+//! larger than memory can be trained on.
 //!
 //! `.txt` is one text per line; `.jsonl`, `.csv`, `.tsv`, `.parquet` and
 //! `.arrow` hold the text in a named column.
@@ -44,6 +45,49 @@ impl TextFormat {
     }
 }
 
+/// One row of a text source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A non-empty text, trimmed.
+    Text(String),
+    /// A blank line, empty cell or null.
+    Empty,
+    /// A line that is not valid UTF-8 (plain-text files only).
+    InvalidUtf8,
+}
+
+impl Item {
+    fn from_text(text: Option<&str>) -> Item {
+        match text.map(str::trim) {
+            Some(t) if !t.is_empty() => Item::Text(t.to_string()),
+            _ => Item::Empty,
+        }
+    }
+}
+
+/// A stream of rows; errors carry the file and position.
+pub type TextStream = Box<dyn Iterator<Item = Result<Item>> + Send>;
+
+/// Opens `path` as a stream of rows; `column` names the text column of
+/// tabular formats (ignored for `.txt`). Format and column are checked here,
+/// before any row is read.
+pub fn open(path: &Path, column: &str) -> Result<TextStream> {
+    if !path.exists() {
+        return Err(Error::data(path, "no such file"));
+    }
+    if path.is_dir() {
+        return Err(Error::data(path, "is a folder, expected a file"));
+    }
+    match TextFormat::from_path(path)? {
+        TextFormat::Txt => lines::open(path),
+        TextFormat::Jsonl => delimited::open_jsonl(path, column),
+        TextFormat::Csv => delimited::open_csv(path, column, b','),
+        TextFormat::Tsv => delimited::open_csv(path, column, b'\t'),
+        TextFormat::Parquet => columnar::open_parquet(path, column),
+        TextFormat::Arrow => columnar::open_arrow(path, column),
+    }
+}
+
 /// Texts read from a file, in file order.
 #[derive(Debug, Clone, Default)]
 pub struct Texts {
@@ -54,35 +98,21 @@ pub struct Texts {
     pub skipped_empty: usize,
 }
 
-/// Reads every non-empty text of `path`; `column` names the text column of
-/// tabular formats (ignored for `.txt`). An input with no text is an error.
+/// Reads every non-empty text of `path` into memory. An input with no text
+/// is an error.
 pub fn read_texts(path: &Path, column: &str) -> Result<Texts> {
-    if !path.exists() {
-        return Err(Error::data(path, "no such file"));
+    let mut out = Texts::default();
+    for item in open(path, column)? {
+        match item? {
+            Item::Text(t) => out.texts.push(t),
+            Item::Empty => out.skipped_empty += 1,
+            Item::InvalidUtf8 => out.skipped_invalid_utf8 += 1,
+        }
     }
-    if path.is_dir() {
-        return Err(Error::data(path, "is a folder, expected a file"));
-    }
-    let texts = match TextFormat::from_path(path)? {
-        TextFormat::Txt => lines::read(path)?,
-        TextFormat::Jsonl => delimited::read_jsonl(path, column)?,
-        TextFormat::Csv => delimited::read_csv(path, column, b',')?,
-        TextFormat::Tsv => delimited::read_csv(path, column, b'\t')?,
-        TextFormat::Parquet => columnar::read_parquet(path, column)?,
-        TextFormat::Arrow => columnar::read_arrow(path, column)?,
-    };
-    if texts.texts.is_empty() {
+    if out.texts.is_empty() {
         return Err(Error::data(path, "contains no text"));
     }
-    Ok(texts)
-}
-
-/// Keeps non-empty texts, counting the rest.
-fn push_text(out: &mut Texts, text: Option<&str>) {
-    match text.map(str::trim) {
-        Some(t) if !t.is_empty() => out.texts.push(t.to_string()),
-        _ => out.skipped_empty += 1,
-    }
+    Ok(out)
 }
 
 fn missing_column(path: &Path, column: &str, available: &[String]) -> Error {
