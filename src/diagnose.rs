@@ -50,7 +50,7 @@ impl Default for DiagnoseOptions {
 }
 
 /// The figures of one model on one probe. Field names are the JSON keys.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Diagnosis {
     pub model: String,
     pub pooling: String,
@@ -285,8 +285,9 @@ impl TokenSample {
     }
 }
 
-/// `mean ‖x − y‖²` of two train-mode (dropout) encodings, seeded.
-fn dropout_alignment(embedder: &Embedder, texts: &[String], seed: u64) -> Result<f64> {
+/// `mean ‖x − y‖²` of two train-mode (dropout) encodings of `texts`,
+/// masks from `seed`; the encoder's own RNG is left as it was.
+pub fn dropout_alignment(embedder: &Embedder, texts: &[String], seed: u64) -> Result<f64> {
     let encoder = &embedder.model().encoder;
     let saved = crate::models::Encoder::rng_state(encoder);
     crate::models::Encoder::set_seed(encoder, seed);

@@ -20,6 +20,7 @@ pub mod rng;
 pub mod source;
 pub mod sts;
 pub mod tokenize;
+pub mod training;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};

@@ -20,7 +20,7 @@ pub struct StsPair {
 }
 
 /// STS correlations ×100.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct StsResult {
     pub spearman: f64,
     pub pearson: f64,

@@ -4,6 +4,7 @@
 mod diagnose;
 mod embed;
 mod eval;
+mod fit;
 mod progress;
 
 use clap::{Args, Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Diagnose(diagnose::DiagnoseArgs),
     /// STS evaluation: Spearman and Pearson ×100 of cosine similarity against gold scores.
     Eval(eval::EvalArgs),
+    /// Fine-tune with alignment + uniformity (or InfoNCE) on dropout pairs; saves a sentence-transformers model.
+    Fit(fit::FitArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Diagnose(args) => diagnose::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Fit(args) => fit::run(args),
     }
 }
 

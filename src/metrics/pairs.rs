@@ -76,7 +76,7 @@ pub fn alignment(x: &Embeddings, y: &Embeddings) -> Result<f64> {
 }
 
 /// Counts of pairwise cosines in equal bins over [−1, 1].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CosineHistogram {
     pub counts: Vec<u64>,
 }

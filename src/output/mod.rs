@@ -6,6 +6,7 @@
 mod atomic;
 mod columnar;
 mod npy;
+pub mod model_folder;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,0 +1,246 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, ValueEnum};
+use embedtune::losses::LossConfig;
+use embedtune::training::optim::AdamWParams;
+use embedtune::training::{self, CorpusOptions, FitJob, FitOutcome, Observer, StepRecord, TrainConfig};
+use embedtune::{DeviceSpec, Pooling};
+use indicatif::ProgressBar;
+
+use super::progress;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LossKind {
+    /// Wang & Isola: w_align·align(α) + w_uniform·uniform(t).
+    AlignUniform,
+    /// SimCSE's in-batch contrastive loss (temperature τ).
+    Infonce,
+    /// Both.
+    Combined,
+}
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// Base model: a folder or a Hub id.
+    #[arg(long)]
+    model: String,
+    /// Corpus: a file or a folder of .txt (one sentence per line), .jsonl, .csv, .tsv, .parquet, .arrow files.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for the fine-tuned model (sentence-transformers layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Text column of tabular files.
+    #[arg(long, default_value = "text")]
+    column: String,
+    /// cls, mean or max [default: the model's pooling, else cls]
+    #[arg(long)]
+    pooling: Option<Pooling>,
+    #[arg(long, value_enum, default_value = "align-uniform")]
+    loss: LossKind,
+    #[arg(long, default_value_t = 1.0)]
+    w_align: f64,
+    #[arg(long, default_value_t = 1.0)]
+    w_uniform: f64,
+    #[arg(long, default_value_t = 1.0)]
+    w_infonce: f64,
+    /// Exponent of the alignment distance.
+    #[arg(long, default_value_t = 2.0)]
+    alpha: f64,
+    /// Uniformity temperature.
+    #[arg(long, default_value_t = 2.0)]
+    t: f64,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.05)]
+    tau: f64,
+    #[arg(long, default_value_t = 3e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Share of the steps spent on linear warm-up.
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    /// Clip the global gradient norm (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 32)]
+    max_len: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Train this many steps (overrides --epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// STS file to evaluate on while training; the best checkpoint by Spearman is kept.
+    #[arg(long)]
+    eval_sts: Option<PathBuf>,
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    /// Write a train_log.jsonl record every N steps.
+    #[arg(long, default_value_t = 1)]
+    log_every: usize,
+    /// Keep sentences with at least this many words.
+    #[arg(long)]
+    min_words: Option<usize>,
+    /// Keep sentences with at most this many words.
+    #[arg(long)]
+    max_words: Option<usize>,
+    /// Keep duplicate sentences.
+    #[arg(long)]
+    no_dedup: bool,
+    /// Train on at most N sentences.
+    #[arg(long)]
+    max_samples: Option<usize>,
+    /// Sentences held back from training for evaluation.
+    #[arg(long, default_value_t = 1000)]
+    holdout: usize,
+    /// Sentences in the shuffle buffer.
+    #[arg(long, default_value_t = 100_000)]
+    shuffle_buffer: usize,
+    /// Continue the run whose checkpoints are in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Replace an existing --out.
+    #[arg(long)]
+    overwrite: bool,
+    /// auto, cpu, cuda, cuda:N or metal
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+}
+
+impl FitArgs {
+    fn loss(&self) -> LossConfig {
+        let base = LossConfig { alpha: self.alpha, t: self.t, tau: self.tau, ..LossConfig::align_uniform() };
+        let (a, u, n) = (self.w_align, self.w_uniform, self.w_infonce);
+        match self.loss {
+            LossKind::AlignUniform => LossConfig { w_align: a, w_uniform: u, w_info_nce: 0.0, ..base },
+            LossKind::Infonce => LossConfig { w_align: 0.0, w_uniform: 0.0, w_info_nce: n, ..base },
+            LossKind::Combined => LossConfig { w_align: a, w_uniform: u, w_info_nce: n, ..base },
+        }
+    }
+}
+
+/// Progress bar, messages and Ctrl-C.
+struct Cli {
+    bar: Option<ProgressBar>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Observer for Cli {
+    fn on_start(&mut self, start: usize, total: usize) {
+        let bar = progress::bar(total as u64, "steps");
+        bar.set_position(start as u64);
+        self.bar = Some(bar);
+    }
+    fn on_step(&mut self, r: &StepRecord) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(r.step as u64);
+            let mut msg = format!(
+                "loss {:.4} align {:.4} uniform {:.4} lr {:.2e} {:.1} sent/s",
+                r.loss, r.align, r.uniform, r.lr, r.sentences_per_s
+            );
+            if let Some(e) = &r.eval {
+                if let Some(s) = e.sts_spearman {
+                    msg += &format!(" sts {s:.2}");
+                }
+                bar.println(format!(
+                    "step {}: held-out alignment {:.4}, uniformity {:.4}{}",
+                    r.step,
+                    e.heldout_alignment,
+                    e.heldout_uniformity,
+                    e.sts_spearman.map(|s| format!(", STS Spearman {s:.2}")).unwrap_or_default()
+                ));
+            }
+            bar.set_message(msg);
+        }
+    }
+    fn on_message(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+    fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+pub fn run(args: FitArgs) -> anyhow::Result<()> {
+    let job = FitJob {
+        model: args.model.clone(),
+        data: args.data.clone(),
+        out: args.out.clone(),
+        corpus: CorpusOptions {
+            column: args.column.clone(),
+            min_words: args.min_words,
+            max_words: args.max_words,
+            dedup: !args.no_dedup,
+            max_samples: args.max_samples,
+            shuffle_buffer: args.shuffle_buffer,
+            holdout: args.holdout,
+            seed: args.seed,
+        },
+        train: TrainConfig {
+            loss: args.loss(),
+            lr: args.lr,
+            adamw: AdamWParams { weight_decay: args.weight_decay, ..AdamWParams::default() },
+            warmup_ratio: args.warmup_ratio,
+            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            batch_size: args.batch_size,
+            epochs: args.epochs,
+            steps: args.steps,
+            seed: args.seed,
+            eval_every: args.eval_every,
+            save_every: args.save_every,
+            log_every: args.log_every,
+            ..TrainConfig::default()
+        },
+        pooling: args.pooling,
+        max_len: args.max_len,
+        device: args.device,
+        eval_sts: args.eval_sts.clone(),
+        resume: args.resume,
+        overwrite: args.overwrite,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl-C while the checkpoint is written kills at once.
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })?;
+    let mut cli = Cli { bar: None, stop };
+    let outcome = training::fit(&job, &mut cli)?;
+    if let Some(bar) = &cli.bar {
+        bar.finish_and_clear();
+    }
+    match outcome {
+        FitOutcome::Interrupted { step, out } => {
+            eprintln!("interrupted: checkpoint at step {step} saved; continue with the same command and --resume ({})", out.display());
+            std::process::exit(130);
+        }
+        FitOutcome::Done(r) => {
+            println!("saved {} (weights of step {})", args.out.display(), r.saved_step);
+            println!("{:<22}{:>10}{:>10}", "held-back sentences", "before", "after");
+            for (k, b, a) in [
+                ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
+                ("uniformity", r.before.uniformity, r.after.uniformity),
+                ("alignment", r.before.alignment, r.after.alignment),
+            ] {
+                println!("{k:<22}{b:>10.4}{a:>10.4}");
+            }
+            if let (Some(b), Some(a)) = (r.sts_before, r.sts_after) {
+                println!("{:<22}{:>10.2}{:>10.2}", "STS Spearman", b.spearman, a.spearman);
+            }
+        }
+    }
+    Ok(())
+}

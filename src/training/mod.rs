@@ -1,0 +1,270 @@
+//! `fit`: unsupervised fine-tuning with alignment + uniformity (or InfoNCE)
+//! on dropout positive pairs.
+//!
+//! `data` streams the corpus, `optim` is AdamW with clipping and schedule,
+//! `checkpoint` saves and resumes, `trainer` runs the loop; [`fit`] ties
+//! them together with the before/after diagnosis and the saved model.
+
+pub mod checkpoint;
+pub mod data;
+pub mod optim;
+pub mod trainer;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use data::{Corpus, CorpusOptions};
+pub use trainer::{EvalRecord, Observer, Outcome, Quiet, StepRecord, TrainConfig, Trainer};
+
+use crate::device::DeviceSpec;
+use crate::diagnose::{self, DiagnoseOptions, Diagnosis};
+use crate::error::{Error, Result};
+use crate::inference::{Embedder, EmbedderOptions};
+use crate::output::AtomicFile;
+use crate::output::model_folder::{ModelFolder, check_pooling};
+use crate::pooling::Pooling;
+use crate::sts::{self, StsResult};
+
+/// Everything `embedtune fit` needs.
+#[derive(Debug, Clone)]
+pub struct FitJob {
+    pub model: String,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub corpus: CorpusOptions,
+    pub train: TrainConfig,
+    /// Default: the model's pooling, else `cls`.
+    pub pooling: Option<Pooling>,
+    pub max_len: usize,
+    pub device: DeviceSpec,
+    pub eval_sts: Option<PathBuf>,
+    pub resume: bool,
+    pub overwrite: bool,
+}
+
+/// What a finished run reports (`DIR/report.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FitReport {
+    pub base_model: String,
+    pub data: PathBuf,
+    pub pooling: String,
+    pub max_len: usize,
+    pub train_sentences: usize,
+    pub held_out_sentences: usize,
+    pub steps: usize,
+    pub config: TrainConfig,
+    /// Step whose weights were saved (the best by STS when evaluated).
+    pub saved_step: usize,
+    pub before: Diagnosis,
+    pub after: Diagnosis,
+    pub sts_before: Option<StsResult>,
+    pub sts_after: Option<StsResult>,
+    pub train_seconds: f64,
+}
+
+pub enum FitOutcome {
+    Done(Box<FitReport>),
+    Interrupted { step: usize, out: PathBuf },
+}
+
+const BEFORE: &str = "before.json";
+
+/// Checks the output folder before any work.
+fn prepare_out(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
+    if out.exists() && !out.is_dir() {
+        return Err(Error::data(out, "exists and is not a folder"));
+    }
+    if non_empty && !resume && !overwrite {
+        return Err(Error::data(
+            out,
+            "is not empty; pass --resume to continue a run there or --overwrite to replace it",
+        ));
+    }
+    if resume && !checkpoint::checkpoints_dir(out).is_dir() {
+        return Err(Error::data(out, "--resume: no checkpoints in this folder"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if overwrite && !resume {
+        let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(out));
+        let _ = std::fs::remove_file(out.join(BEFORE));
+    }
+    let probe = out.join(format!(".embedtune-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| Error::io(out, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.commit()
+}
+
+/// Runs a whole fine-tuning job: checks, data, before-diagnosis, training,
+/// saving the model folder, after-diagnosis and the report.
+pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
+    job.train.validate()?;
+    if let Some(p) = job.pooling {
+        check_pooling(p)?;
+    }
+    let sts_pairs = job.eval_sts.as_deref().map(sts::read_pairs).transpose()?;
+    let corpus = Corpus::open(&job.data, job.corpus.clone())?;
+    if corpus.skipped_invalid_utf8 > 0 {
+        obs.on_message(&format!("skipped {} lines that are not valid UTF-8", corpus.skipped_invalid_utf8));
+    }
+    prepare_out(&job.out, job.resume, job.overwrite)?;
+    let embedder = Embedder::from_pretrained(
+        &job.model,
+        EmbedderOptions {
+            pooling: job.pooling,
+            normalize: None,
+            max_len: Some(job.max_len),
+            batch_size: job.train.batch_size.max(32),
+            device: job.device,
+            trainable: true,
+            ..EmbedderOptions::default()
+        },
+    )?;
+    check_pooling(embedder.pooling())?;
+    obs.on_message(&format!(
+        "{} training sentences, {} held back; {} pooling, max length {}",
+        corpus.train_len,
+        corpus.held_out.len(),
+        embedder.pooling(),
+        embedder.max_len()
+    ));
+
+    let diag_opts = DiagnoseOptions { seed: job.train.seed, ..Default::default() };
+    let probe = &corpus.held_out;
+    let before_path = job.out.join(BEFORE);
+    let (before, sts_before) = if job.resume && before_path.is_file() {
+        let text = std::fs::read_to_string(&before_path).map_err(|e| Error::io(&before_path, e))?;
+        serde_json::from_str::<BeforeFigures>(&text)
+            .map(|b| (b.diagnosis, b.sts))
+            .map_err(|e| Error::Config { path: before_path.clone(), message: e.to_string() })?
+    } else {
+        obs.on_message("measuring the base model on the held-back sentences…");
+        let d = diagnose_held_out(&embedder, probe, &diag_opts)?;
+        let s = sts_pairs.as_ref().map(|p| sts::evaluate(&embedder, p)).transpose()?;
+        let json = serde_json::to_string(&BeforeFiguresRef { diagnosis: &d, sts: &s }).map_err(|e| Error::Invalid(e.to_string()))?;
+        write_text(&before_path, &json)?;
+        (d, s)
+    };
+
+    let started = std::time::Instant::now();
+    let mut trainer = Trainer::new(&embedder, &corpus, job.train.clone(), &job.out, sts_pairs.clone(), job.resume)?;
+    let steps = trainer.total_steps();
+    if let Outcome::Interrupted { step } = trainer.run(obs)? {
+        return Ok(FitOutcome::Interrupted { step, out: job.out.clone() });
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+    let saved_step = trainer.restore_best()?.unwrap_or(trainer.state().step);
+
+    let weights = embedder.model().weights.current_tensors()?;
+    ModelFolder {
+        base: embedder.files(),
+        weights: &weights,
+        pooling: embedder.pooling(),
+        normalize: embedder.normalize(),
+        max_seq_length: embedder.max_len(),
+        hidden_size: embedder.dim(),
+    }
+    .save(&job.out)?;
+
+    obs.on_message("measuring the fine-tuned model…");
+    let after = diagnose_held_out(&embedder, probe, &diag_opts)?;
+    let sts_after = sts_pairs.as_ref().map(|p| sts::evaluate(&embedder, p)).transpose()?;
+    let report = FitReport {
+        base_model: job.model.clone(),
+        data: job.data.clone(),
+        pooling: embedder.pooling().to_string(),
+        max_len: embedder.max_len(),
+        train_sentences: corpus.train_len,
+        held_out_sentences: corpus.held_out.len(),
+        steps,
+        config: job.train.clone(),
+        saved_step,
+        before: named(before, &job.model),
+        after: named(after, &job.out.display().to_string()),
+        sts_before,
+        sts_after,
+        train_seconds,
+    };
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_text(&job.out.join("report.json"), &json)?;
+    write_text(&job.out.join("README.md"), &model_card(&report))?;
+    Ok(FitOutcome::Done(Box::new(report)))
+}
+
+#[derive(serde::Deserialize)]
+struct BeforeFigures {
+    diagnosis: Diagnosis,
+    sts: Option<StsResult>,
+}
+
+#[derive(Serialize)]
+struct BeforeFiguresRef<'a> {
+    diagnosis: &'a Diagnosis,
+    sts: &'a Option<StsResult>,
+}
+
+fn named(mut d: Diagnosis, name: &str) -> Diagnosis {
+    d.model = name.to_string();
+    d
+}
+
+fn diagnose_held_out(embedder: &Embedder, probe: &[String], opts: &DiagnoseOptions) -> Result<Diagnosis> {
+    if probe.len() < 2 {
+        return Err(Error::Invalid(
+            "too few held-back sentences to measure the model (the corpus is too small)".into(),
+        ));
+    }
+    diagnose::diagnose(embedder, probe, opts)
+}
+
+/// A short model card for `DIR/README.md`.
+fn model_card(r: &FitReport) -> String {
+    let c = &r.config;
+    let mut s = format!(
+        "---\nlibrary_name: sentence-transformers\ntags:\n- sentence-transformers\n- embedtune\n- alignment-uniformity\n---\n\n# Fine-tuned {}\n\nFine-tuned with [embedtune](https://crates.io/crates/embedtune) on unlabeled sentences: each sentence encoded twice with dropout (unsupervised SimCSE positive pairs), trained on {}.\n\n",
+        r.base_model,
+        loss_name(&c.loss)
+    );
+    s += &format!(
+        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {:?} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {:?} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
+        r.base_model, r.data.display(), r.train_sentences, r.held_out_sentences, c.loss, r.pooling, r.max_len,
+        c.batch_size, c.lr, c.warmup_ratio * 100.0, c.adamw.weight_decay, c.max_grad_norm, r.steps, r.saved_step,
+        c.seed, r.train_seconds
+    );
+    s += "## Before and after (held-back sentences)\n\n| metric | before | after |\n|---|---:|---:|\n";
+    let rows = [
+        ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
+        ("uniformity", r.before.uniformity, r.after.uniformity),
+        ("alignment", r.before.alignment, r.after.alignment),
+        ("effective_rank", r.before.effective_rank, r.after.effective_rank),
+        ("isoscore", r.before.isoscore, r.after.isoscore),
+    ];
+    for (k, b, a) in rows {
+        s += &format!("| {k} | {b:.4} | {a:.4} |\n");
+    }
+    if let (Some(b), Some(a)) = (&r.sts_before, &r.sts_after) {
+        s += &format!("| STS Spearman ×100 | {:.2} | {:.2} |\n", b.spearman, a.spearman);
+    }
+    s += "\n## Use\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\n```\n\n```sh\nembedtune embed --model path/to/this/folder --data texts.txt --out vectors.npy\n```\n";
+    s
+}
+
+fn loss_name(l: &crate::losses::LossConfig) -> &'static str {
+    match (l.w_info_nce != 0.0, l.w_align != 0.0 || l.w_uniform != 0.0) {
+        (true, true) => "alignment + uniformity + InfoNCE",
+        (true, false) => "InfoNCE (SimCSE)",
+        _ => "alignment + uniformity (Wang & Isola, 2020)",
+    }
+}

@@ -1,0 +1,448 @@
+//! The training loop: dropout views → loss → backward → clip → AdamW, with
+//! evaluation, logging and checkpoints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::inference::Embedder;
+use crate::losses::{self, LossConfig};
+use crate::metrics;
+use crate::models::Encoder;
+use crate::sts::{self, StsPair};
+use crate::training::checkpoint::{self, TrainState};
+use crate::training::data::{Corpus, EpochStream};
+use crate::training::optim::{AdamW, AdamWParams, linear_schedule};
+
+/// Hyper-parameters of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainConfig {
+    pub loss: LossConfig,
+    pub lr: f64,
+    pub adamw: AdamWParams,
+    /// Share of the steps spent warming the learning rate up.
+    pub warmup_ratio: f64,
+    pub max_grad_norm: Option<f64>,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Overrides `epochs` when set.
+    pub steps: Option<usize>,
+    pub seed: u64,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub log_every: usize,
+    /// Held-back sentences used for alignment/uniformity while training.
+    pub eval_holdout: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            loss: LossConfig::align_uniform(),
+            lr: 3e-5,
+            adamw: AdamWParams::default(),
+            warmup_ratio: 0.1,
+            max_grad_norm: Some(1.0),
+            batch_size: 64,
+            epochs: 1,
+            steps: None,
+            seed: 42,
+            eval_every: 50,
+            save_every: 100,
+            log_every: 1,
+            eval_holdout: 500,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size < 2 {
+            return Err(Error::Invalid(format!(
+                "batch size {} is too small: uniformity and InfoNCE need at least 2 sentences per batch",
+                self.batch_size
+            )));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::Invalid(format!("learning rate must be positive, got {}", self.lr)));
+        }
+        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
+            return Err(Error::Invalid("nothing to train: steps or epochs is 0".into()));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(Error::Invalid("warm-up ratio must be in [0, 1)".into()));
+        }
+        Ok(())
+    }
+
+    /// What must not change between a run and its resumption.
+    fn fingerprint(&self, corpus: &Corpus) -> String {
+        format!(
+            "seed={} batch={} train_len={} loss={:?} lr={} adamw={:?} warmup={} clip={:?} epochs={} steps={:?}",
+            self.seed,
+            self.batch_size,
+            corpus.train_len,
+            self.loss,
+            self.lr,
+            self.adamw,
+            self.warmup_ratio,
+            self.max_grad_norm,
+            self.epochs,
+            self.steps
+        )
+    }
+}
+
+/// Evaluation figures at a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRecord {
+    /// On held-back sentences: two dropout views (α = 2) and eval-mode t = 2.
+    pub heldout_alignment: f64,
+    pub heldout_uniformity: f64,
+    pub sts_spearman: Option<f64>,
+}
+
+/// One line of `train_log.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub epoch: u64,
+    pub loss: f64,
+    pub align: f64,
+    pub uniform: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info_nce: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub sentences_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalRecord>,
+}
+
+/// Hooks for progress display, interruption and fault injection.
+pub trait Observer {
+    fn on_start(&mut self, _start_step: usize, _total_steps: usize) {}
+    fn on_step(&mut self, _record: &StepRecord) {}
+    fn on_message(&mut self, _message: &str) {}
+    /// Polled after every step; `true` checkpoints and stops.
+    fn should_stop(&self) -> bool {
+        false
+    }
+    /// Sees the loss before backward (for experiments and fault injection).
+    fn adjust_loss(&mut self, _step: usize, loss: Tensor) -> Result<Tensor> {
+        Ok(loss)
+    }
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    /// Stopped on request after a checkpoint at this step.
+    Interrupted { step: usize },
+}
+
+pub struct Trainer<'a> {
+    embedder: &'a Embedder,
+    corpus: &'a Corpus,
+    cfg: TrainConfig,
+    out: PathBuf,
+    optim: AdamW,
+    state: TrainState,
+    total_steps: usize,
+    warmup_steps: usize,
+    sts: Option<Vec<StsPair>>,
+    log: std::fs::File,
+}
+
+impl<'a> Trainer<'a> {
+    /// `embedder` must be a trainable load. With `resume`, continues from the
+    /// newest checkpoint under `out` (which must exist).
+    pub fn new(
+        embedder: &'a Embedder,
+        corpus: &'a Corpus,
+        cfg: TrainConfig,
+        out: &Path,
+        sts: Option<Vec<StsPair>>,
+        resume: bool,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = embedder.model().weights.varmap().ok_or_else(|| {
+            Error::Invalid("the model was loaded for inference; load it with `trainable: true`".into())
+        })?;
+        let vars = varmap.data().lock().expect("varmap lock").clone();
+        let mut optim = AdamW::new(&vars, cfg.adamw)?;
+        let fingerprint = cfg.fingerprint(corpus);
+        let state = if resume {
+            let ckpt = checkpoint::latest(out)?.ok_or_else(|| {
+                Error::Invalid(format!("--resume: no checkpoint in {}", checkpoint::checkpoints_dir(out).display()))
+            })?;
+            if ckpt.state.fingerprint != fingerprint {
+                return Err(Error::Invalid(format!(
+                    "--resume: the checkpoint was made with other settings or data ({} vs {})",
+                    ckpt.state.fingerprint, fingerprint
+                )));
+            }
+            load_weights(&vars, &ckpt.model_path(), embedder)?;
+            optim.load(&ckpt.optimizer_path(), ckpt.state.step as u64, embedder.device())?;
+            embedder.model().encoder.set_rng_state(ckpt.state.dropout_rng.clone());
+            ckpt.state
+        } else {
+            embedder.model().encoder.set_seed(cfg.seed);
+            TrainState {
+                step: 0,
+                epoch: 0,
+                consumed: 0,
+                dropout_rng: embedder.model().encoder.rng_state(),
+                best_spearman: None,
+                best_step: None,
+                fingerprint,
+            }
+        };
+        let per_epoch = steps_per_epoch(corpus.train_len, cfg.batch_size);
+        let total_steps = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+        let warmup_steps = (total_steps as f64 * cfg.warmup_ratio).round() as usize;
+        let log = open_log(out, state.step, resume)?;
+        Ok(Trainer {
+            embedder,
+            corpus,
+            cfg,
+            out: out.to_path_buf(),
+            optim,
+            state,
+            total_steps,
+            warmup_steps,
+            sts,
+            log,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Trains until `total_steps`, or until the observer asks to stop.
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Outcome> {
+        obs.on_start(self.state.step, self.total_steps);
+        let corpus = self.corpus;
+        let mut stream = corpus.epoch(self.state.epoch);
+        for _ in 0..self.state.consumed {
+            stream.next().transpose()?;
+        }
+        while self.state.step < self.total_steps {
+            let texts = self.next_batch(&mut stream)?;
+            let started = Instant::now();
+            let mut record = self.train_step(&texts, obs)?;
+            record.sentences_per_s = texts.len() as f64 / started.elapsed().as_secs_f64();
+            let step = self.state.step;
+            let last = step == self.total_steps;
+            if self.cfg.eval_every > 0 && (step % self.cfg.eval_every == 0 || last) {
+                record.eval = Some(self.evaluate()?);
+            }
+            if record.eval.is_some() || step % self.cfg.log_every.max(1) == 0 || last {
+                self.log_record(&record)?;
+            }
+            obs.on_step(&record);
+            let stop = obs.should_stop();
+            if (self.cfg.save_every > 0 && step % self.cfg.save_every == 0) || stop || last {
+                self.checkpoint()?;
+            }
+            if stop && !last {
+                return Ok(Outcome::Interrupted { step });
+            }
+        }
+        Ok(Outcome::Completed)
+    }
+
+    /// The next batch, moving to the next epoch when this one runs out.
+    fn next_batch(&mut self, stream: &mut EpochStream<'a>) -> Result<Vec<String>> {
+        loop {
+            let mut texts = Vec::with_capacity(self.cfg.batch_size);
+            while texts.len() < self.cfg.batch_size {
+                match stream.next() {
+                    Some(t) => texts.push(t?),
+                    None => break,
+                }
+            }
+            self.state.consumed += texts.len();
+            let exhausted = texts.len() < self.cfg.batch_size || self.state.consumed >= self.corpus.train_len;
+            if exhausted {
+                self.state.epoch += 1;
+                self.state.consumed = 0;
+                *stream = self.corpus.epoch(self.state.epoch);
+            }
+            // A lone sentence at the end of an epoch cannot form pairs.
+            if texts.len() >= 2 {
+                return Ok(texts);
+            }
+        }
+    }
+
+    fn train_step(&mut self, texts: &[String], obs: &mut dyn Observer) -> Result<StepRecord> {
+        let e = self.embedder;
+        let b = texts.len();
+        let encoded = e.tokenizer().encode_all(texts)?;
+        // One forward of 2B rows: the same sentences twice, independent masks.
+        let twice: Vec<_> = encoded.iter().chain(&encoded).cloned().collect();
+        let batch = e.tokenizer().pad(&twice, (0..2 * b).collect(), e.device())?;
+        let output = e.model().encoder.forward(&batch, true)?;
+        let pooled = e.pooling().pool(&output, &batch.attention_mask)?;
+        let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
+        let parts = losses::combined(&x, &y, &self.cfg.loss)?;
+        let total = obs.adjust_loss(self.state.step + 1, parts.total)?;
+        let loss = scalar(&total)?;
+        if !loss.is_finite() {
+            let kept = checkpoint::latest(&self.out)?
+                .map(|c| format!("the last good checkpoint (step {}) is intact in {}", c.state.step, c.dir.display()))
+                .unwrap_or_else(|| "no checkpoint had been written yet".into());
+            return Err(Error::Invalid(format!(
+                "the loss became {loss} at step {}; training stopped and {kept}. Try a lower --lr",
+                self.state.step + 1
+            )));
+        }
+        let mut grads = total.backward()?;
+        let grad_norm = self.optim.clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let lr = linear_schedule(self.state.step, self.warmup_steps, self.total_steps, self.cfg.lr);
+        self.optim.step(&grads, lr)?;
+        self.state.step += 1;
+        Ok(StepRecord {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            loss,
+            align: scalar(&parts.align)?,
+            uniform: scalar(&parts.uniform)?,
+            info_nce: parts.info_nce.as_ref().map(scalar).transpose()?,
+            lr,
+            grad_norm,
+            sentences_per_s: 0.0,
+            eval: None,
+        })
+    }
+
+    /// Held-back alignment/uniformity, STS when given; keeps the best
+    /// weights by Spearman. Leaves the dropout RNG as it found it.
+    fn evaluate(&mut self) -> Result<EvalRecord> {
+        let e = self.embedder;
+        let held: Vec<String> = self.corpus.held_out.iter().take(self.cfg.eval_holdout).cloned().collect();
+        let (mut alignment, mut uniformity) = (f64::NAN, f64::NAN);
+        if held.len() >= 2 {
+            let emb = e.embed_batches(&held, false, false, &mut |_, _| Ok(()))?;
+            uniformity = metrics::pair_stats(&emb, 2.0, 10, self.cfg.seed)?.uniformity;
+            alignment = crate::diagnose::dropout_alignment(e, &held, self.cfg.seed)?;
+        }
+        let sts_spearman = match &self.sts {
+            Some(pairs) => Some(sts::evaluate(e, pairs)?.spearman),
+            None => None,
+        };
+        if let Some(s) = sts_spearman
+            && self.state.best_spearman.is_none_or(|b| s > b)
+        {
+            self.state.best_spearman = Some(s);
+            self.state.best_step = Some(self.state.step);
+            let path = checkpoint::best_model_path(&self.out);
+            std::fs::create_dir_all(path.parent().expect("has parent")).map_err(|err| Error::io(&path, err))?;
+            crate::output::model_folder::save_safetensors(&path, &self.canonical_weights()?)?;
+        }
+        Ok(EvalRecord {
+            heldout_alignment: alignment,
+            heldout_uniformity: uniformity,
+            sts_spearman,
+        })
+    }
+
+    /// Current weights under canonical names (checkpoint form).
+    fn canonical_weights(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let vars = self.embedder.model().weights.varmap().expect("trainable").data().lock().expect("varmap lock").clone();
+        Ok(vars.into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.state.dropout_rng = self.embedder.model().encoder.rng_state();
+        let weights = self.canonical_weights()?;
+        let optim = &self.optim;
+        checkpoint::save(&self.out, &self.state, &weights, |p| optim.save(p))?;
+        Ok(())
+    }
+
+    fn log_record(&mut self, record: &StepRecord) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::Invalid(e.to_string()))?;
+        writeln!(self.log, "{line}").map_err(|e| Error::io(self.out.join(LOG), e))
+    }
+
+    /// Loads the best weights (by STS Spearman), when an evaluation kept
+    /// some; returns their step.
+    pub fn restore_best(&self) -> Result<Option<usize>> {
+        let path = checkpoint::best_model_path(&self.out);
+        match self.state.best_step {
+            Some(step) if path.is_file() => {
+                let vars = self.embedder.model().weights.varmap().expect("trainable").data().lock().expect("varmap lock").clone();
+                load_weights(&vars, &path, self.embedder)?;
+                Ok(Some(step))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+const LOG: &str = "train_log.jsonl";
+
+/// The log file: fresh for a new run; on resume, records after the
+/// checkpoint are dropped (they will be written again).
+fn open_log(out: &Path, step: usize, resume: bool) -> Result<std::fs::File> {
+    let path = out.join(LOG);
+    let kept = if resume && path.is_file() {
+        std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(&path, e))?
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    } else {
+        String::new()
+    };
+    std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+    std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))
+}
+
+fn load_weights(
+    vars: &std::collections::HashMap<String, candle_core::Var>,
+    path: &Path,
+    embedder: &Embedder,
+) -> Result<()> {
+    let saved = candle_core::safetensors::load(path, embedder.device())
+        .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", path.display())))?;
+    for (name, var) in vars {
+        let t = saved
+            .get(name)
+            .ok_or_else(|| Error::Weight(format!("{} has no weight `{name}`", path.display())))?;
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Optimizer steps in one epoch of `n` sentences (a final lone sentence is
+/// dropped: it cannot form pairs).
+pub fn steps_per_epoch(n: usize, batch: usize) -> usize {
+    let full = n / batch;
+    if n % batch >= 2 { full + 1 } else { full.max(1) }
+}
