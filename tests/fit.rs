@@ -1,0 +1,249 @@
+//! `fit` on a tiny random BERT: the loss falls, resume equals an
+//! uninterrupted run, a NaN stops the run and keeps the checkpoint, the
+//! saved folder reloads; bad inputs fail before training.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_clean_error, embedtune};
+use embedtune::diagnose::{self, DiagnoseOptions};
+use embedtune::models::bert::{BertConfig, init_weights};
+use embedtune::rng::Rng;
+use embedtune::training::{self, CorpusOptions, FitJob, FitOutcome, Observer, Quiet, StepRecord, TrainConfig};
+use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling};
+
+const WORDS: &[&str] = &[
+    "the", "a", "cat", "dog", "runs", "sleeps", "house", "red", "blue", "green", "quickly", "slowly",
+    "river", "tree", "bird", "sings", "under", "over", "sun", "moon", "eats", "bread", "old", "young",
+    "man", "woman", "child", "plays", "ball", "garden", "walks", "reads", "book", "night", "day",
+];
+
+/// A tiny BERT folder: config.json, vocab.txt (no tokenizer.json), weights.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let out = dir.join("tiny");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    vocab.extend(WORDS);
+    vocab.push(".");
+    std::fs::write(out.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let cfg = serde_json::json!({
+        "model_type": "bert", "vocab_size": vocab.len(), "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu"
+    });
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    let config: BertConfig = serde_json::from_value(cfg).unwrap();
+    let weights: HashMap<String, Tensor> = init_weights(&config, 1, DType::F32, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (format!("bert.{k}"), v))
+        .collect();
+    candle_core::safetensors::save(&weights, out.join("model.safetensors")).unwrap();
+    out
+}
+
+fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let mut rng = Rng::new(5);
+    let lines: Vec<String> = (0..n)
+        .map(|_| {
+            let len = 3 + rng.below(6) as usize;
+            let mut s: Vec<&str> = (0..len).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
+            s.push(".");
+            s.join(" ")
+        })
+        .collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn job(model: &Path, data: &Path, out: &Path, steps: usize) -> FitJob {
+    FitJob {
+        model: model.to_str().unwrap().to_string(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        corpus: CorpusOptions { holdout: 40, seed: 3, ..Default::default() },
+        train: TrainConfig {
+            lr: 5e-4,
+            batch_size: 16,
+            steps: Some(steps),
+            seed: 3,
+            eval_every: 4,
+            save_every: 4,
+            eval_holdout: 40,
+            ..TrainConfig::default()
+        },
+        pooling: Some(Pooling::Mean),
+        max_len: 16,
+        device: DeviceSpec::Cpu,
+        eval_sts: None,
+        resume: false,
+        overwrite: false,
+    }
+}
+
+fn log(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn weights(path: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+#[test]
+fn training_lowers_the_loss_and_saves_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 400);
+    let out = dir.path().join("out");
+    let j = job(&model, &data, &out, 24);
+    let FitOutcome::Done(report) = training::fit(&j, &mut Quiet).unwrap() else { panic!("interrupted") };
+    let records = log(&out);
+    assert_eq!(records.len(), 24);
+    let mean = |r: &[serde_json::Value]| r.iter().map(|v| v["loss"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let (first, last) = (mean(&records[..4]), mean(&records[20..]));
+    assert!(last < first - 0.1, "loss {first} → {last}");
+    assert!(records[3]["eval"]["heldout_uniformity"].is_number());
+    assert!(report.after.uniformity < report.before.uniformity);
+
+    // The folder has the sentence-transformers layout, original names…
+    for f in ["config.json", "model.safetensors", "vocab.txt", "modules.json", "1_Pooling/config.json",
+              "sentence_bert_config.json", "config_sentence_transformers.json", "report.json", "README.md"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let saved = weights(&out.join("model.safetensors"));
+    assert!(saved.keys().all(|k| k.starts_with("bert.")), "original names kept");
+    assert_eq!(saved.len(), 5 + 16 * 2);
+    let pooling: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("1_Pooling/config.json")).unwrap()).unwrap();
+    assert_eq!(pooling["pooling_mode_mean_tokens"], true);
+
+    // …and reloads: the same figures on the same held-back sentences.
+    let reloaded = Embedder::from_pretrained(
+        out.to_str().unwrap(),
+        EmbedderOptions { max_len: Some(16), device: DeviceSpec::Cpu, ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(reloaded.pooling(), Pooling::Mean);
+    let held = training::Corpus::open(&data, j.corpus.clone()).unwrap().held_out;
+    let again = diagnose::diagnose(&reloaded, &held, &DiagnoseOptions { seed: 3, ..Default::default() }).unwrap();
+    assert!((again.avg_cosine - report.after.avg_cosine).abs() < 1e-5);
+    assert!((again.uniformity - report.after.uniformity).abs() < 1e-5);
+}
+
+/// Asks to stop after `at` steps, as Ctrl-C does.
+struct StopAt(usize, usize);
+impl Observer for StopAt {
+    fn on_step(&mut self, r: &StepRecord) {
+        self.1 = r.step;
+    }
+    fn should_stop(&self) -> bool {
+        self.1 >= self.0
+    }
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 300);
+    // 300 − 40 held back = 260 sentences: 17 steps an epoch, so 22 steps
+    // cross an epoch boundary.
+    let straight = dir.path().join("straight");
+    training::fit(&job(&model, &data, &straight, 22), &mut Quiet).unwrap();
+
+    let resumed = dir.path().join("resumed");
+    let j = job(&model, &data, &resumed, 22);
+    match training::fit(&j, &mut StopAt(10, 0)).unwrap() {
+        FitOutcome::Interrupted { step, .. } => assert_eq!(step, 10),
+        FitOutcome::Done(_) => panic!("should have stopped"),
+    }
+    assert!(resumed.join("checkpoints/step-00000010/state.json").is_file());
+    assert!(!resumed.join("model.safetensors").exists());
+    training::fit(&FitJob { resume: true, ..j }, &mut Quiet).unwrap();
+
+    let (a, b) = (weights(&straight.join("model.safetensors")), weights(&resumed.join("model.safetensors")));
+    for (name, va) in &a {
+        let worst = va.iter().zip(&b[name]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-6, "{name} differs by {worst}");
+    }
+    let (la, lb) = (log(&straight), log(&resumed));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x["step"], y["step"]);
+        assert!((x["loss"].as_f64().unwrap() - y["loss"].as_f64().unwrap()).abs() < 1e-6);
+    }
+}
+
+/// Replaces the loss with NaN at one step.
+struct NanAt(usize);
+impl Observer for NanAt {
+    fn adjust_loss(&mut self, step: usize, loss: Tensor) -> embedtune::Result<Tensor> {
+        if step == self.0 { Ok((loss * f64::NAN)?) } else { Ok(loss) }
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 300);
+    let out = dir.path().join("out");
+    let err = match training::fit(&job(&model, &data, &out, 12), &mut NanAt(6)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a NaN loss must stop training"),
+    };
+    assert!(err.contains("NaN at step 6"), "{err}");
+    assert!(err.contains("step 4"), "{err}");
+    let ckpt = out.join("checkpoints/step-00000004");
+    assert!(ckpt.join("state.json").is_file());
+    let w = weights(&ckpt.join("model.safetensors"));
+    assert!(w.values().flatten().all(|v| v.is_finite()));
+    assert!(!out.join("model.safetensors").exists(), "no model saved from a failed run");
+}
+
+#[test]
+fn bad_inputs_fail_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 100);
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let fit = |extra: &[&str], needle: &str| {
+        let mut args = vec!["fit", "--model", m, "--data", d, "--out", o, "--steps", "2"];
+        args.extend_from_slice(extra);
+        let res = embedtune(&args);
+        assert_clean_error(&res, needle);
+        assert!(!out.join("train_log.jsonl").exists(), "training started for {extra:?}");
+    };
+    fit(&["--min-words", "1000"], "no training sentences left");
+    fit(&["--batch-size", "1"], "at least 2 sentences");
+    fit(&["--loss", "triplet"], "invalid value 'triplet'");
+    fit(&["--pooling", "first-last-avg"], "first-last-avg");
+    let res = embedtune(&["fit", "--model", m, "--data", "/no/such/corpus", "--out", o]);
+    assert_clean_error(&res, "no such file or folder");
+    // An --out that cannot be created (below a file).
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "x").unwrap();
+    let bad_out = blocker.join("out");
+    let res = embedtune(&["fit", "--model", m, "--data", d, "--out", bad_out.to_str().unwrap()]);
+    assert_clean_error(&res, "blocker");
+    // A non-empty --out is refused without --resume or --overwrite.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "mine").unwrap();
+    let res = embedtune(&["fit", "--model", m, "--data", d, "--out", o, "--steps", "2"]);
+    assert_clean_error(&res, "not empty");
+    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+}
