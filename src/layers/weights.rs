@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -23,8 +22,6 @@ pub struct Weights {
     /// Set for a trainable load: every weight the model takes becomes a
     /// variable here, so an optimizer can update it.
     varmap: Option<VarMap>,
-    /// Canonical names the model asked for, in order.
-    used: Mutex<Vec<String>>,
     dtype: DType,
     device: Device,
 }
@@ -81,7 +78,6 @@ impl Weights {
             tensors,
             original_names,
             varmap: None,
-            used: Mutex::new(Vec::new()),
             dtype,
             device: device.clone(),
         })
@@ -111,22 +107,19 @@ impl Weights {
         self.original_names.get(canonical).map(String::as_str)
     }
 
-    /// Canonical names the model used, in the order it asked for them.
-    pub fn used_names(&self) -> Vec<String> {
-        self.used.lock().expect("weights lock").clone()
-    }
-
-    /// The current value of every used weight under its original name, ready
-    /// to be written to safetensors.
+    /// Every tensor of the checkpoint under its original name, trained ones
+    /// at their current value, ready to be written to safetensors. Tensors
+    /// the encoder does not use (pooler, heads) are kept as they were, so
+    /// other libraries load the result without missing weights.
     pub fn current_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = BTreeMap::new();
         let vars = self.varmap.as_ref().map(|v| v.data().lock().expect("varmap lock"));
-        for name in self.used_names() {
-            let tensor = match vars.as_ref().and_then(|v| v.get(&name)) {
+        let mut out = BTreeMap::new();
+        for (name, tensor) in &self.tensors {
+            let tensor = match vars.as_ref().and_then(|v| v.get(name)) {
                 Some(var) => var.as_tensor().clone(),
-                None => self.tensors[&name].clone(),
+                None => tensor.clone(),
             };
-            let original = self.original_name(&name).unwrap_or(&name).to_string();
+            let original = self.original_name(name).unwrap_or(name).to_string();
             out.insert(original, tensor);
         }
         Ok(out)
@@ -149,7 +142,6 @@ impl Weights {
                 tensor.dims()
             )));
         }
-        self.used.lock().expect("weights lock").push(name.to_string());
         match &self.varmap {
             None => Ok(tensor.clone()),
             Some(varmap) => {
