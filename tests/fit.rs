@@ -248,3 +248,30 @@ fn bad_inputs_fail_before_training() {
     assert_clean_error(&res, "not empty");
     assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
 }
+
+#[test]
+fn hub_datasets_are_read_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let text = std::fs::read_to_string(corpus(dir.path(), 120)).unwrap();
+    let texts: Vec<String> = text.lines().map(String::from).collect();
+    // huggingface_hub's layout for datasets: datasets--owner--name/…
+    let cache = dir.path().join("hub");
+    let snap = cache.join("datasets--acme--books/snapshots/abc123/data");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(cache.join("datasets--acme--books/refs")).unwrap();
+    std::fs::write(cache.join("datasets--acme--books/refs/main"), "abc123").unwrap();
+    let rows = embedtune::Embeddings { dim: 1, data: vec![0.0; texts.len()] };
+    embedtune::output::write_embeddings(&snap.join("train-00000.parquet"), &texts, &rows).unwrap();
+    let out = dir.path().join("out");
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_embedtune"))
+        .args(["fit", "--model", model.to_str().unwrap(), "--data", "hf://acme/books", "--out", out.to_str().unwrap(),
+               "--steps", "2", "--batch-size", "8", "--holdout", "20", "--max-len", "16"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("100 training sentences, 20 held back"));
+    assert_eq!(log(&out).len(), 2);
+}

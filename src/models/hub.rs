@@ -160,3 +160,82 @@ impl FileStore for HubStore {
         s
     }
 }
+
+/// The Parquet files of a Hub dataset (`hf://OWNER/NAME[@rev]`), downloaded
+/// into the cache, or taken from it when offline.
+pub fn dataset_parquet_files(spec: &str) -> Result<Vec<PathBuf>> {
+    let id = spec.strip_prefix("hf://").unwrap_or(spec);
+    let (repo_id, revision) = match id.split_once('@') {
+        Some((r, rev)) => (r, rev.to_string()),
+        None => (id, "main".to_string()),
+    };
+    if repo_id.is_empty() || repo_id.matches('/').count() > 1 {
+        return Err(Error::Hub(format!("`{spec}` is not a dataset id (hf://OWNER/NAME[@revision])")));
+    }
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone());
+    let cache = Cache::new(cache_dir());
+    let cached = || -> Vec<PathBuf> {
+        let snapshots = cache.path().join(repo.folder_name()).join("snapshots");
+        let commit = std::fs::read_to_string(cache.path().join(repo.folder_name()).join("refs").join(&revision))
+            .unwrap_or_else(|_| revision.clone());
+        let mut files = Vec::new();
+        let mut stack = vec![snapshots.join(commit.trim())];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "parquet") {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        files
+    };
+    if offline_requested() {
+        let files = cached();
+        if files.is_empty() {
+            return Err(Error::Hub(format!(
+                "dataset {repo_id} has no Parquet files in the cache {} and HF_HUB_OFFLINE is set",
+                cache.path().display()
+            )));
+        }
+        return Ok(files);
+    }
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_token(std::env::var("HF_TOKEN").ok())
+        .build()
+        .map_err(|e| Error::Hub(format!("cannot set up the Hub client: {e}")))?;
+    let api_repo = api.repo(repo.clone());
+    let info = match api_repo.info() {
+        Ok(info) => info,
+        Err(e) => {
+            let files = cached();
+            if files.is_empty() {
+                return Err(Error::Hub(format!("cannot list dataset {repo_id}: {e}")));
+            }
+            eprintln!("warning: the Hub is unreachable ({e}); using the cached files of {repo_id}");
+            return Ok(files);
+        }
+    };
+    let mut names: Vec<String> = info
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::Hub(format!("dataset {repo_id} has no Parquet files")));
+    }
+    names
+        .iter()
+        .map(|n| {
+            api_repo
+                .get(n)
+                .map_err(|e| Error::Hub(format!("{repo_id}: downloading {n} failed: {e}")))
+        })
+        .collect()
+}

@@ -92,9 +92,13 @@ fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
 }
 
 impl Corpus {
-    /// Opens the files at `path` and counts what an epoch will yield.
+    /// Opens the files at `path` (a file, a folder, or a Hub dataset
+    /// `hf://OWNER/NAME[@rev]`) and counts what an epoch will yield.
     pub fn open(path: &Path, opts: CorpusOptions) -> Result<Self> {
-        let files = list_files(path)?;
+        let files = match path.to_str().filter(|s| s.starts_with("hf://")) {
+            Some(spec) => crate::models::hub::dataset_parquet_files(spec)?,
+            None => list_files(path)?,
+        };
         let mut corpus = Corpus {
             files,
             opts,
