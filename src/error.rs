@@ -42,6 +42,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// Training produced a NaN or infinite loss.
+    #[error("the loss became {0}")]
+    NonFiniteLoss(f64),
+
     /// A tensor operation failed (shape mismatch, device error, …).
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),

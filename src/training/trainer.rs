@@ -290,41 +290,44 @@ impl<'a> Trainer<'a> {
     }
 
     fn train_step(&mut self, texts: &[String], obs: &mut dyn Observer) -> Result<StepRecord> {
-        let e = self.embedder;
-        let b = texts.len();
-        let encoded = e.tokenizer().encode_all(texts)?;
-        // One forward of 2B rows: the same sentences twice, independent masks.
-        let twice: Vec<_> = encoded.iter().chain(&encoded).cloned().collect();
-        let batch = e.tokenizer().pad(&twice, (0..2 * b).collect(), e.device())?;
-        let output = e.model().encoder.forward(&batch, true)?;
-        let pooled = e.pooling().pool(&output, &batch.attention_mask)?;
-        let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
-        let parts = losses::combined(&x, &y, &self.cfg.loss)?;
-        let total = obs.adjust_loss(self.state.step + 1, parts.total)?;
-        let loss = scalar(&total)?;
-        if !loss.is_finite() {
-            let kept = checkpoint::latest(&self.out)?
-                .map(|c| format!("the last good checkpoint (step {}) is intact in {}", c.state.step, c.dir.display()))
-                .unwrap_or_else(|| "no checkpoint had been written yet".into());
-            return Err(Error::Invalid(format!(
-                "the loss became {loss} at step {}; training stopped and {kept}. Try a lower --lr",
-                self.state.step + 1
-            )));
-        }
-        let mut grads = total.backward()?;
-        let grad_norm = self.optim.clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let next = self.state.step + 1;
         let lr = linear_schedule(self.state.step, self.warmup_steps, self.total_steps, self.cfg.lr);
-        self.optim.step(&grads, lr)?;
-        self.state.step += 1;
-        Ok(StepRecord {
-            step: self.state.step,
-            epoch: self.state.epoch,
-            loss,
-            align: scalar(&parts.align)?,
-            uniform: scalar(&parts.uniform)?,
-            info_nce: parts.info_nce.as_ref().map(scalar).transpose()?,
+        let out = &self.out;
+        let r = train_step(
+            self.embedder,
+            &mut self.optim,
+            texts,
+            &self.cfg.loss,
             lr,
-            grad_norm,
+            self.cfg.max_grad_norm,
+            &mut |loss| obs.adjust_loss(next, loss),
+        )
+        .map_err(|e| match e {
+            Error::NonFiniteLoss(loss) => {
+                let kept = match checkpoint::latest(out) {
+                    Ok(Some(c)) => format!(
+                        "the last good checkpoint (step {}) is intact in {}",
+                        c.state.step,
+                        c.dir.display()
+                    ),
+                    _ => "no checkpoint had been written yet".into(),
+                };
+                Error::Invalid(format!(
+                    "the loss became {loss} at step {next}; training stopped and {kept}. Try a lower --lr"
+                ))
+            }
+            e => e,
+        })?;
+        self.state.step = next;
+        Ok(StepRecord {
+            step: next,
+            epoch: self.state.epoch,
+            loss: r.loss,
+            align: r.align,
+            uniform: r.uniform,
+            info_nce: r.info_nce,
+            lr,
+            grad_norm: r.grad_norm,
             sentences_per_s: 0.0,
             eval: None,
         })
@@ -393,6 +396,54 @@ impl<'a> Trainer<'a> {
             _ => Ok(None),
         }
     }
+}
+
+/// The figures of one optimisation step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepResult {
+    pub loss: f64,
+    pub align: f64,
+    pub uniform: f64,
+    pub info_nce: Option<f64>,
+    pub grad_norm: f64,
+}
+
+/// One optimisation step on `texts`: both dropout views in one forward of
+/// 2B rows, the loss, backward, clipping and an AdamW update at `lr`.
+/// `adjust` sees the loss before backward. A non-finite loss returns
+/// [`Error::NonFiniteLoss`] before any weight changes.
+pub fn train_step(
+    embedder: &Embedder,
+    optim: &mut AdamW,
+    texts: &[String],
+    loss_cfg: &LossConfig,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
+) -> Result<StepResult> {
+    let b = texts.len();
+    let encoded = embedder.tokenizer().encode_all(texts)?;
+    let twice: Vec<_> = encoded.iter().chain(&encoded).cloned().collect();
+    let batch = embedder.tokenizer().pad(&twice, (0..2 * b).collect(), embedder.device())?;
+    let output = embedder.model().encoder.forward(&batch, true)?;
+    let pooled = embedder.pooling().pool(&output, &batch.attention_mask)?;
+    let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
+    let parts = losses::combined(&x, &y, loss_cfg)?;
+    let total = adjust(parts.total)?;
+    let loss = scalar(&total)?;
+    if !loss.is_finite() {
+        return Err(Error::NonFiniteLoss(loss));
+    }
+    let mut grads = total.backward()?;
+    let grad_norm = optim.clip_grad_norm(&mut grads, max_grad_norm)?;
+    optim.step(&grads, lr)?;
+    Ok(StepResult {
+        loss,
+        align: scalar(&parts.align)?,
+        uniform: scalar(&parts.uniform)?,
+        info_nce: parts.info_nce.as_ref().map(scalar).transpose()?,
+        grad_norm,
+    })
 }
 
 const LOG: &str = "train_log.jsonl";
