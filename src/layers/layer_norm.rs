@@ -25,22 +25,6 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle-nn's fused kernel has no backward pass: use it only when no
-        // gradient can flow through this call.
-        if x.track_op() || self.weight.track_op() || self.bias.track_op() {
-            Ok(candle_nn::ops::layer_norm_slow(
-                x,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?)
-        } else {
-            Ok(candle_nn::ops::layer_norm(
-                &x.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            )?)
-        }
+        super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }

@@ -3,6 +3,7 @@
 
 mod activation;
 mod dropout;
+pub mod fused;
 mod layer_norm;
 mod linear;
 mod weights;

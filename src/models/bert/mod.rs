@@ -7,7 +7,7 @@ mod init;
 
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 pub use config::BertConfig;
 pub use init::init_weights;
@@ -100,11 +100,7 @@ impl SelfAttention {
         let v = split(self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.broadcast_add(mask_bias)?;
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = crate::layers::fused::softmax_last_dim(&scores)?;
         let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
         let context = probs
             .matmul(&v)?
