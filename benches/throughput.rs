@@ -21,7 +21,11 @@ fn main() {
 
 fn model_path() -> String {
     std::env::var("EMBEDTUNE_BENCH_MODEL").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/models/all-MiniLM-L6-v2").to_string()
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/models/all-MiniLM-L6-v2"
+        )
+        .to_string()
     })
 }
 
@@ -59,18 +63,34 @@ fn embed_256_sentences(bencher: divan::Bencher) {
 #[divan::bench(sample_count = 3)]
 fn train_step_batch_64(bencher: divan::Bencher) {
     let e = embedder(true);
-    let vars = e.model().weights.varmap().unwrap().data().lock().unwrap().clone();
+    let vars = e
+        .model()
+        .weights
+        .varmap()
+        .unwrap()
+        .data()
+        .lock()
+        .unwrap()
+        .clone();
     let mut optim = AdamW::new(&vars, AdamWParams::default()).unwrap();
     let texts = sentences(64);
     let cfg = LossConfig::align_uniform();
-    bencher.counter(divan::counter::ItemsCount::new(64usize)).bench_local(|| {
-        train_step(&e, &mut optim, &texts, &cfg, 1e-5, Some(1.0), &mut |l| Ok(l)).unwrap()
-    });
+    bencher
+        .counter(divan::counter::ItemsCount::new(64usize))
+        .bench_local(|| {
+            train_step(&e, &mut optim, &texts, &cfg, 1e-5, Some(1.0), &mut |l| {
+                Ok(l)
+            })
+            .unwrap()
+        });
 }
 
 fn random(n: usize, d: usize) -> Embeddings {
     let mut rng = Rng::new(1);
-    Embeddings { dim: d, data: (0..n * d).map(|_| rng.normal() as f32).collect() }
+    Embeddings {
+        dim: d,
+        data: (0..n * d).map(|_| rng.normal() as f32).collect(),
+    }
 }
 
 #[divan::bench]
@@ -79,7 +99,13 @@ fn losses_128x384(bencher: divan::Bencher) {
     let x = Tensor::from_slice(&e.data[..128 * 384], (128, 384), &Device::Cpu).unwrap();
     let y = Tensor::from_slice(&e.data[128 * 384..], (128, 384), &Device::Cpu).unwrap();
     let cfg = LossConfig::combined();
-    bencher.bench(|| losses::combined(&x, &y, &cfg).unwrap().total.to_scalar::<f32>().unwrap());
+    bencher.bench(|| {
+        losses::combined(&x, &y, &cfg)
+            .unwrap()
+            .total
+            .to_scalar::<f32>()
+            .unwrap()
+    });
 }
 
 #[divan::bench(sample_count = 3)]
@@ -89,6 +115,11 @@ fn diagnose_metrics_10000x384(bencher: divan::Bencher) {
         let stats = metrics::pair_stats(&e, 2.0, 100, 0).unwrap();
         let unit = metrics::normalized(&e);
         let s = Spectrum::of(&unit, true).unwrap();
-        (stats.uniformity, metrics::avg_cosine(&e).unwrap(), metrics::effective_rank(&s), metrics::isoscore(&s))
+        (
+            stats.uniformity,
+            metrics::avg_cosine(&e).unwrap(),
+            metrics::effective_rank(&s),
+            metrics::isoscore(&s),
+        )
     });
 }

@@ -94,7 +94,9 @@ impl Diagnosis {
                 "narrow cone: average cosine {c:.2} — embeddings occupy a small cap of the sphere"
             )
         } else if c >= 0.15 {
-            format!("anisotropic: average cosine {c:.2} — embeddings lean towards a common direction")
+            format!(
+                "anisotropic: average cosine {c:.2} — embeddings lean towards a common direction"
+            )
         } else {
             format!("well spread: average cosine {c:.2} — embeddings use the sphere broadly")
         }
@@ -102,7 +104,11 @@ impl Diagnosis {
 }
 
 /// Runs the probe `texts` through `embedder` and computes every figure.
-pub fn diagnose(embedder: &Embedder, texts: &[String], opts: &DiagnoseOptions) -> Result<Diagnosis> {
+pub fn diagnose(
+    embedder: &Embedder,
+    texts: &[String],
+    opts: &DiagnoseOptions,
+) -> Result<Diagnosis> {
     let mut rng = Rng::new(opts.seed);
     let texts = sample(texts, opts.max_samples, &mut rng);
     if texts.len() < 2 {
@@ -120,7 +126,10 @@ pub fn diagnose(embedder: &Embedder, texts: &[String], opts: &DiagnoseOptions) -
     let uncentered = Spectrum::of(&unit, false)?;
     let alignment_texts = sample(&texts, Some(opts.alignment_samples), &mut rng);
     let (alignment, alignment_n) = if alignment_texts.len() >= 1 {
-        (dropout_alignment(embedder, &alignment_texts, opts.seed)?, alignment_texts.len())
+        (
+            dropout_alignment(embedder, &alignment_texts, opts.seed)?,
+            alignment_texts.len(),
+        )
     } else {
         (0.0, 0)
     };
@@ -195,14 +204,22 @@ fn eval_pass(
     let pooled = embedder.embed_batches(texts, false, false, &mut |batch, output| {
         for (l, hidden) in output.hidden_states.iter().enumerate() {
             let unit = crate::pooling::l2_normalize(
-                &pooling.pool_layer(hidden, &batch.attention_mask)?.to_dtype(DType::F32)?,
+                &pooling
+                    .pool_layer(hidden, &batch.attention_mask)?
+                    .to_dtype(DType::F32)?,
             )?;
             let sum: Vec<f32> = unit.sum(0)?.to_vec1()?;
             for (a, v) in layer_sums[l].iter_mut().zip(sum) {
                 *a += v as f64;
             }
         }
-        tokens.collect(output.last(), &batch.attention_mask, &batch.indices, keep, rng)
+        tokens.collect(
+            output.last(),
+            &batch.attention_mask,
+            &batch.indices,
+            keep,
+            rng,
+        )
     })?;
     Ok(EvalPass {
         pooled,
@@ -238,7 +255,9 @@ impl TokenSample {
                 continue;
             }
             let inner = len - 2;
-            let picks = if inner == 1 { vec![0] } else {
+            let picks = if inner == 1 {
+                vec![0]
+            } else {
                 let a = rng.below(inner as u64) as usize;
                 let mut b = rng.below(inner as u64 - 1) as usize;
                 if b >= a {

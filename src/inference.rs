@@ -110,7 +110,8 @@ impl Embedder {
             .or(settings.max_seq_length)
             .unwrap_or(512)
             .min(limit);
-        let tokenizer = TextTokenizer::load(&files.tokenizer, max_len, model.config.pad_token_id as u32)?;
+        let tokenizer =
+            TextTokenizer::load(&files.tokenizer, max_len, model.config.pad_token_id as u32)?;
         Ok(Embedder {
             pooling: options.pooling.or(settings.pooling).unwrap_or(Pooling::Cls),
             normalize: options.normalize.unwrap_or(settings.normalize),
@@ -154,7 +155,11 @@ impl Embedder {
         let mut data = vec![0f32; texts.len() * dim];
         self.for_each_batch(texts, train, &mut |batch, output| {
             let pooled = self.pooling.pool(output, &batch.attention_mask)?;
-            let pooled = if normalize { l2_normalize(&pooled)? } else { pooled };
+            let pooled = if normalize {
+                l2_normalize(&pooled)?
+            } else {
+                pooled
+            };
             let rows = pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             for (row, &i) in rows.iter().zip(&batch.indices) {
                 data[i * dim..(i + 1) * dim].copy_from_slice(row);

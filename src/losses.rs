@@ -14,7 +14,9 @@ use crate::pooling::l2_normalize;
 /// `mean_i ‖xᵢ − yᵢ‖₂^α` over positive pairs `(xᵢ, yᵢ)`.
 pub fn align(x: &Tensor, y: &Tensor, alpha: f64) -> Result<Tensor> {
     check_pair(x, y)?;
-    let sq = (l2_normalize(x)? - l2_normalize(y)?)?.sqr()?.sum(D::Minus1)?;
+    let sq = (l2_normalize(x)? - l2_normalize(y)?)?
+        .sqr()?
+        .sum(D::Minus1)?;
     let per_pair = if alpha == 2.0 {
         sq
     } else {

@@ -54,10 +54,7 @@ impl Pooling {
                 Ok(last.broadcast_add(&penalty)?.max(1)?)
             }
             Pooling::FirstLastAvg => {
-                let first = output
-                    .hidden_states
-                    .get(1)
-                    .unwrap_or_else(|| output.last());
+                let first = output.hidden_states.get(1).unwrap_or_else(|| output.last());
                 masked_mean(&((first + last)? * 0.5)?, attention_mask)
             }
         }

@@ -46,13 +46,24 @@ pub fn read_pairs(path: &Path) -> Result<Vec<StsPair>> {
         let first = lines.iter().find(|l| !l.trim().is_empty());
         let headed = first.is_some_and(|l| l.contains("sentence1"));
         if headed {
-            read_headed(path, &lines, if ext == "csv" && !first.unwrap().contains('\t') { b',' } else { b'\t' })?
+            read_headed(
+                path,
+                &lines,
+                if ext == "csv" && !first.unwrap().contains('\t') {
+                    b','
+                } else {
+                    b'\t'
+                },
+            )?
         } else {
             read_stsb(path, &lines)?
         }
     };
     if pairs.len() < 2 {
-        return Err(Error::data(path, format!("needs at least 2 scored pairs, found {}", pairs.len())));
+        return Err(Error::data(
+            path,
+            format!("needs at least 2 scored pairs, found {}", pairs.len()),
+        ));
     }
     Ok(pairs)
 }
@@ -96,10 +107,16 @@ fn read_headed(path: &Path, lines: &[String], delimiter: u8) -> Result<Vec<StsPa
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .from_reader(text.as_bytes());
-    let headers = reader.headers().map_err(|e| Error::data(path, e.to_string()))?.clone();
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::data(path, e.to_string()))?
+        .clone();
     let col = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
-            Error::data(path, format!("no column `{name}` (needs sentence1, sentence2, score)"))
+            Error::data(
+                path,
+                format!("no column `{name}` (needs sentence1, sentence2, score)"),
+            )
         })
     };
     let (c1, c2, cs) = (col("sentence1")?, col("sentence2")?, col("score")?);
@@ -166,7 +183,10 @@ pub fn evaluate(embedder: &Embedder, pairs: &[StsPair]) -> Result<StsResult> {
     let cosines: Vec<f64> = pairs
         .iter()
         .map(|p| {
-            let (a, b) = (emb.row(index[p.sentence1.as_str()]), emb.row(index[p.sentence2.as_str()]));
+            let (a, b) = (
+                emb.row(index[p.sentence1.as_str()]),
+                emb.row(index[p.sentence2.as_str()]),
+            );
             a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
         })
         .collect();

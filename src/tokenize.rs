@@ -178,9 +178,8 @@ fn wordpiece(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
         .build()
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab.display())))?;
     let token_id = |tok: &str| -> Result<u32> {
-        model_token_id(&model, tok).ok_or_else(|| {
-            Error::Tokenizer(format!("{} has no `{tok}` token", vocab.display()))
-        })
+        model_token_id(&model, tok)
+            .ok_or_else(|| Error::Tokenizer(format!("{} has no `{tok}` token", vocab.display())))
     };
     let (cls_id, sep_id) = (token_id(&cls)?, token_id(&sep)?);
     let lowercase = cfg.do_lower_case.unwrap_or(true);

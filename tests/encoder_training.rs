@@ -37,7 +37,11 @@ fn tiny_model(dtype: DType, trainable: bool) -> LoadedEncoder {
 
 /// Three sequences of different lengths (so padding is exercised).
 fn batch() -> Batch {
-    let rows: Vec<Vec<u32>> = vec![vec![2, 7, 9, 11, 3], vec![2, 5, 3], vec![2, 8, 8, 40, 13, 21, 3]];
+    let rows: Vec<Vec<u32>> = vec![
+        vec![2, 7, 9, 11, 3],
+        vec![2, 5, 3],
+        vec![2, 8, 8, 40, 13, 21, 3],
+    ];
     let encoded: Vec<Encoded> = rows
         .into_iter()
         .map(|ids| Encoded {
@@ -71,7 +75,9 @@ fn loss(model: &LoadedEncoder, batch: &Batch, seed: u64) -> Tensor {
     let out = model.encoder.forward(batch, true).unwrap();
     let pooled = Pooling::Mean.pool(&out, &batch.attention_mask).unwrap();
     let (b, h) = pooled.dims2().unwrap();
-    let weights: Vec<f64> = (0..b * h).map(|k| ((k * 7919) % 13) as f64 / 13.0 - 0.4).collect();
+    let weights: Vec<f64> = (0..b * h)
+        .map(|k| ((k * 7919) % 13) as f64 / 13.0 - 0.4)
+        .collect();
     let r = Tensor::from_vec(weights, (b, h), &Device::Cpu)
         .unwrap()
         .to_dtype(pooled.dtype())
@@ -100,7 +106,10 @@ fn every_weight_gets_a_finite_nonzero_gradient() {
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
         let values: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(values.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{name}: non-finite gradient"
+        );
         assert!(values.iter().any(|v| *v != 0.0), "{name}: zero gradient");
     }
 }
@@ -188,6 +197,13 @@ fn eval_mode_is_deterministic_and_dropout_free() {
     // The fused (no-grad) and differentiable paths agree.
     let trainable = tiny_model(DType::F32, true);
     let c = last_hidden(&trainable, &batch, false);
-    let worst = a.iter().zip(&c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-4, "fused vs differentiable path differ by {worst}");
+    let worst = a
+        .iter()
+        .zip(&c)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "fused vs differentiable path differ by {worst}"
+    );
 }

@@ -12,13 +12,16 @@ use common::{assert_clean_error, embedtune};
 use embedtune::diagnose::{self, DiagnoseOptions};
 use embedtune::models::bert::{BertConfig, init_weights};
 use embedtune::rng::Rng;
-use embedtune::training::{self, CorpusOptions, FitJob, FitOutcome, Observer, Quiet, StepRecord, TrainConfig};
+use embedtune::training::{
+    self, CorpusOptions, FitJob, FitOutcome, Observer, Quiet, StepRecord, TrainConfig,
+};
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling};
 
 const WORDS: &[&str] = &[
-    "the", "a", "cat", "dog", "runs", "sleeps", "house", "red", "blue", "green", "quickly", "slowly",
-    "river", "tree", "bird", "sings", "under", "over", "sun", "moon", "eats", "bread", "old", "young",
-    "man", "woman", "child", "plays", "ball", "garden", "walks", "reads", "book", "night", "day",
+    "the", "a", "cat", "dog", "runs", "sleeps", "house", "red", "blue", "green", "quickly",
+    "slowly", "river", "tree", "bird", "sings", "under", "over", "sun", "moon", "eats", "bread",
+    "old", "young", "man", "woman", "child", "plays", "ball", "garden", "walks", "reads", "book",
+    "night", "day",
 ];
 
 /// A tiny BERT folder: config.json, vocab.txt (no tokenizer.json), weights.
@@ -40,7 +43,10 @@ fn tiny_model(dir: &Path) -> PathBuf {
         .unwrap()
         .into_iter()
         .map(|(k, v)| (format!("bert.{k}"), v))
-        .chain([("bert.pooler.dense.bias".to_string(), Tensor::ones(32, DType::F32, &Device::Cpu).unwrap())])
+        .chain([(
+            "bert.pooler.dense.bias".to_string(),
+            Tensor::ones(32, DType::F32, &Device::Cpu).unwrap(),
+        )])
         .collect();
     candle_core::safetensors::save(&weights, out.join("model.safetensors")).unwrap();
     out
@@ -51,7 +57,9 @@ fn corpus(dir: &Path, n: usize) -> PathBuf {
     let lines: Vec<String> = (0..n)
         .map(|_| {
             let len = 3 + rng.below(6) as usize;
-            let mut s: Vec<&str> = (0..len).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
+            let mut s: Vec<&str> = (0..len)
+                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                .collect();
             s.push(".");
             s.join(" ")
         })
@@ -66,7 +74,11 @@ fn job(model: &Path, data: &Path, out: &Path, steps: usize) -> FitJob {
         model: model.to_str().unwrap().to_string(),
         data: data.to_path_buf(),
         out: out.to_path_buf(),
-        corpus: CorpusOptions { holdout: 40, seed: 3, ..Default::default() },
+        corpus: CorpusOptions {
+            holdout: 40,
+            seed: 3,
+            ..Default::default()
+        },
         train: TrainConfig {
             lr: 5e-4,
             batch_size: 16,
@@ -109,36 +121,71 @@ fn training_lowers_the_loss_and_saves_a_loadable_model() {
     let data = corpus(dir.path(), 400);
     let out = dir.path().join("out");
     let j = job(&model, &data, &out, 24);
-    let FitOutcome::Done(report) = training::fit(&j, &mut Quiet).unwrap() else { panic!("interrupted") };
+    let FitOutcome::Done(report) = training::fit(&j, &mut Quiet).unwrap() else {
+        panic!("interrupted")
+    };
     let records = log(&out);
     assert_eq!(records.len(), 24);
-    let mean = |r: &[serde_json::Value]| r.iter().map(|v| v["loss"].as_f64().unwrap()).sum::<f64>() / r.len() as f64;
+    let mean = |r: &[serde_json::Value]| {
+        r.iter().map(|v| v["loss"].as_f64().unwrap()).sum::<f64>() / r.len() as f64
+    };
     let (first, last) = (mean(&records[..4]), mean(&records[20..]));
     assert!(last < first - 0.1, "loss {first} → {last}");
     assert!(records[3]["eval"]["heldout_uniformity"].is_number());
     assert!(report.after.uniformity < report.before.uniformity);
 
     // The folder has the sentence-transformers layout, original names…
-    for f in ["config.json", "model.safetensors", "vocab.txt", "modules.json", "1_Pooling/config.json",
-              "sentence_bert_config.json", "config_sentence_transformers.json", "report.json", "README.md"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "report.json",
+        "README.md",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let saved = weights(&out.join("model.safetensors"));
-    assert!(saved.keys().all(|k| k.starts_with("bert.")), "original names kept");
-    assert_eq!(saved.len(), 5 + 16 * 2 + 1, "every tensor of the base checkpoint, the unused one too");
+    assert!(
+        saved.keys().all(|k| k.starts_with("bert.")),
+        "original names kept"
+    );
+    assert_eq!(
+        saved.len(),
+        5 + 16 * 2 + 1,
+        "every tensor of the base checkpoint, the unused one too"
+    );
     let pooling: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("1_Pooling/config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("1_Pooling/config.json")).unwrap())
+            .unwrap();
     assert_eq!(pooling["pooling_mode_mean_tokens"], true);
 
     // …and reloads: the same figures on the same held-back sentences.
     let reloaded = Embedder::from_pretrained(
         out.to_str().unwrap(),
-        EmbedderOptions { max_len: Some(16), device: DeviceSpec::Cpu, ..Default::default() },
+        EmbedderOptions {
+            max_len: Some(16),
+            device: DeviceSpec::Cpu,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(reloaded.pooling(), Pooling::Mean);
-    let held = training::Corpus::open(&data, j.corpus.clone()).unwrap().held_out;
-    let again = diagnose::diagnose(&reloaded, &held, &DiagnoseOptions { seed: 3, ..Default::default() }).unwrap();
+    let held = training::Corpus::open(&data, j.corpus.clone())
+        .unwrap()
+        .held_out;
+    let again = diagnose::diagnose(
+        &reloaded,
+        &held,
+        &DiagnoseOptions {
+            seed: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!((again.avg_cosine - report.after.avg_cosine).abs() < 1e-5);
     assert!((again.uniformity - report.after.uniformity).abs() < 1e-5);
 }
@@ -170,13 +217,24 @@ fn resume_equals_an_uninterrupted_run() {
         FitOutcome::Interrupted { step, .. } => assert_eq!(step, 10),
         FitOutcome::Done(_) => panic!("should have stopped"),
     }
-    assert!(resumed.join("checkpoints/step-00000010/state.json").is_file());
+    assert!(
+        resumed
+            .join("checkpoints/step-00000010/state.json")
+            .is_file()
+    );
     assert!(!resumed.join("model.safetensors").exists());
     training::fit(&FitJob { resume: true, ..j }, &mut Quiet).unwrap();
 
-    let (a, b) = (weights(&straight.join("model.safetensors")), weights(&resumed.join("model.safetensors")));
+    let (a, b) = (
+        weights(&straight.join("model.safetensors")),
+        weights(&resumed.join("model.safetensors")),
+    );
     for (name, va) in &a {
-        let worst = va.iter().zip(&b[name]).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = va
+            .iter()
+            .zip(&b[name])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst <= 1e-6, "{name} differs by {worst}");
     }
     let (la, lb) = (log(&straight), log(&resumed));
@@ -191,7 +249,11 @@ fn resume_equals_an_uninterrupted_run() {
 struct NanAt(usize);
 impl Observer for NanAt {
     fn adjust_loss(&mut self, step: usize, loss: Tensor) -> embedtune::Result<Tensor> {
-        if step == self.0 { Ok((loss * f64::NAN)?) } else { Ok(loss) }
+        if step == self.0 {
+            Ok((loss * f64::NAN)?)
+        } else {
+            Ok(loss)
+        }
     }
 }
 
@@ -211,7 +273,10 @@ fn a_nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     assert!(ckpt.join("state.json").is_file());
     let w = weights(&ckpt.join("model.safetensors"));
     assert!(w.values().flatten().all(|v| v.is_finite()));
-    assert!(!out.join("model.safetensors").exists(), "no model saved from a failed run");
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "no model saved from a failed run"
+    );
 }
 
 #[test]
@@ -227,7 +292,10 @@ fn bad_inputs_fail_before_training() {
         args.extend_from_slice(extra);
         let res = embedtune(&args);
         assert_clean_error(&res, needle);
-        assert!(!out.join("train_log.jsonl").exists(), "training started for {extra:?}");
+        assert!(
+            !out.join("train_log.jsonl").exists(),
+            "training started for {extra:?}"
+        );
     };
     fit(&["--min-words", "1000"], "no training sentences left");
     fit(&["--batch-size", "1"], "at least 2 sentences");
@@ -239,14 +307,25 @@ fn bad_inputs_fail_before_training() {
     let blocker = dir.path().join("blocker");
     std::fs::write(&blocker, "x").unwrap();
     let bad_out = blocker.join("out");
-    let res = embedtune(&["fit", "--model", m, "--data", d, "--out", bad_out.to_str().unwrap()]);
+    let res = embedtune(&[
+        "fit",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        bad_out.to_str().unwrap(),
+    ]);
     assert_clean_error(&res, "blocker");
     // A non-empty --out is refused without --resume or --overwrite.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "mine").unwrap();
     let res = embedtune(&["fit", "--model", m, "--data", d, "--out", o, "--steps", "2"]);
     assert_clean_error(&res, "not empty");
-    assert_eq!(std::fs::read_to_string(out.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]
@@ -261,17 +340,39 @@ fn hub_datasets_are_read_from_the_cache() {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(cache.join("datasets--acme--books/refs")).unwrap();
     std::fs::write(cache.join("datasets--acme--books/refs/main"), "abc123").unwrap();
-    let rows = embedtune::Embeddings { dim: 1, data: vec![0.0; texts.len()] };
+    let rows = embedtune::Embeddings {
+        dim: 1,
+        data: vec![0.0; texts.len()],
+    };
     embedtune::output::write_embeddings(&snap.join("train-00000.parquet"), &texts, &rows).unwrap();
     let out = dir.path().join("out");
     let res = std::process::Command::new(env!("CARGO_BIN_EXE_embedtune"))
-        .args(["fit", "--model", model.to_str().unwrap(), "--data", "hf://acme/books", "--out", out.to_str().unwrap(),
-               "--steps", "2", "--batch-size", "8", "--holdout", "20", "--max-len", "16"])
+        .args([
+            "fit",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "hf://acme/books",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--holdout",
+            "20",
+            "--max-len",
+            "16",
+        ])
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HUB_CACHE", &cache)
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     assert!(String::from_utf8_lossy(&res.stderr).contains("training sentences, 20 held back"));
     assert_eq!(log(&out).len(), 2);
 }

@@ -8,12 +8,23 @@ use embedtune::rng::Rng;
 fn random(shape: &[usize], seed: u64, scale: f64, shift: f64) -> Tensor {
     let mut rng = Rng::new(seed);
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| (rng.normal() * scale + shift) as f32).collect();
+    let v: Vec<f32> = (0..n)
+        .map(|_| (rng.normal() * scale + shift) as f32)
+        .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -28,10 +39,25 @@ fn layer_norm_forward_and_backward_match_the_composition() {
         let fused_out = fused::layer_norm(&x, &g, &b, 1e-12).unwrap();
         let slow_out = candle_nn::ops::layer_norm_slow(&x, &g, &b, 1e-12).unwrap();
         assert!(max_diff(&fused_out, &slow_out) < 1e-5);
-        let gf = fused_out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gs = slow_out.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = fused_out
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gs = slow_out
+            .mul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (name, v) in [("x", &x), ("gamma", &g), ("beta", &b)] {
-            let d = max_diff(gf.get(v.as_tensor()).unwrap(), gs.get(v.as_tensor()).unwrap());
+            let d = max_diff(
+                gf.get(v.as_tensor()).unwrap(),
+                gs.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-5, "{name}: gradients differ by {d}");
         }
     }
@@ -46,13 +72,23 @@ fn softmax_forward_and_backward_match_the_composition() {
     assert!(max_diff(&f, &s) < 1e-6);
     let gf = f.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
     let gs = s.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-    assert!(max_diff(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap()) < 1e-5);
+    assert!(
+        max_diff(
+            gf.get(x.as_tensor()).unwrap(),
+            gs.get(x.as_tensor()).unwrap()
+        ) < 1e-5
+    );
 }
 
 #[test]
 fn other_dtypes_take_the_fallback() {
     // f64 goes through candle's ops and still has a backward pass.
-    let x = Var::from_tensor(&random(&[5, 8], 7, 1.0, 0.0).to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &random(&[5, 8], 7, 1.0, 0.0)
+            .to_dtype(candle_core::DType::F64)
+            .unwrap(),
+    )
+    .unwrap();
     let g = Tensor::ones(8, candle_core::DType::F64, &Device::Cpu).unwrap();
     let b = Tensor::zeros(8, candle_core::DType::F64, &Device::Cpu).unwrap();
     let y = fused::layer_norm(&x, &g, &b, 1e-5).unwrap();

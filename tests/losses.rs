@@ -17,7 +17,9 @@ fn scalar(x: Tensor) -> f64 {
 
 fn random(n: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
-    (0..n).map(|_| (0..d).map(|_| rng.normal()).collect()).collect()
+    (0..n)
+        .map(|_| (0..d).map(|_| rng.normal()).collect())
+        .collect()
 }
 
 fn unit(v: &[f64]) -> Vec<f64> {
@@ -70,11 +72,21 @@ fn match_reference_formulas_on_random_data() {
         let reference = x
             .iter()
             .zip(&y)
-            .map(|(a, b)| a.iter().zip(b).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt().powf(alpha))
+            .map(|(a, b)| {
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| (p - q).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+                    .powf(alpha)
+            })
             .sum::<f64>()
             / n as f64;
         let got = scalar(align(&tensor(&x), &tensor(&y), alpha).unwrap());
-        assert!((got - reference).abs() < 1e-6, "α={alpha}: {got} vs {reference}");
+        assert!(
+            (got - reference).abs() < 1e-6,
+            "α={alpha}: {got} vs {reference}"
+        );
     }
     for tt in [0.5, 2.0, 5.0] {
         // pdist(x).pow(2).mul(-t).exp().mean().log()
@@ -87,7 +99,10 @@ fn match_reference_formulas_on_random_data() {
         }
         let reference = (terms.iter().sum::<f64>() / terms.len() as f64).ln();
         let got = scalar(uniform(&tensor(&x), tt).unwrap());
-        assert!((got - reference).abs() < 1e-9, "t={tt}: {got} vs {reference}");
+        assert!(
+            (got - reference).abs() < 1e-9,
+            "t={tt}: {got} vs {reference}"
+        );
     }
     // InfoNCE: mean_i −log softmax_j(cos(xᵢ, yⱼ)/τ)_i
     let tau = 0.1;
@@ -108,10 +123,17 @@ fn match_reference_formulas_on_random_data() {
 fn combined_weights_the_parts() {
     let x = tensor(&random(6, 4, 3));
     let y = tensor(&random(6, 4, 4));
-    let cfg = LossConfig { w_align: 0.5, w_uniform: 2.0, w_info_nce: 0.25, ..LossConfig::combined() };
+    let cfg = LossConfig {
+        w_align: 0.5,
+        w_uniform: 2.0,
+        w_info_nce: 0.25,
+        ..LossConfig::combined()
+    };
     let parts = combined(&x, &y, &cfg).unwrap();
     let u = (scalar(uniform(&x, 2.0).unwrap()) + scalar(uniform(&y, 2.0).unwrap())) / 2.0;
-    let expected = 0.5 * scalar(align(&x, &y, 2.0).unwrap()) + 2.0 * u + 0.25 * scalar(info_nce(&x, &y, 0.05).unwrap());
+    let expected = 0.5 * scalar(align(&x, &y, 2.0).unwrap())
+        + 2.0 * u
+        + 0.25 * scalar(info_nce(&x, &y, 0.05).unwrap());
     assert!((scalar(parts.total) - expected).abs() < 1e-9);
     assert!((scalar(parts.uniform) - u).abs() < 1e-12);
 }
@@ -120,9 +142,20 @@ fn combined_weights_the_parts() {
 fn gradients_match_finite_differences() {
     let x0 = random(5, 4, 5);
     let y = tensor(&random(5, 4, 6));
-    let cfg = LossConfig { w_align: 1.0, w_uniform: 1.0, w_info_nce: 0.5, alpha: 2.0, t: 2.0, tau: 0.2 };
+    let cfg = LossConfig {
+        w_align: 1.0,
+        w_uniform: 1.0,
+        w_info_nce: 0.5,
+        alpha: 2.0,
+        t: 2.0,
+        tau: 0.2,
+    };
     let var = Var::from_tensor(&tensor(&x0)).unwrap();
-    let grads = combined(var.as_tensor(), &y, &cfg).unwrap().total.backward().unwrap();
+    let grads = combined(var.as_tensor(), &y, &cfg)
+        .unwrap()
+        .total
+        .backward()
+        .unwrap();
     let g: Vec<Vec<f64>> = grads.get(var.as_tensor()).unwrap().to_vec2().unwrap();
     let eps = 1e-6;
     for i in 0..5 {
@@ -134,7 +167,11 @@ fn gradients_match_finite_differences() {
             let f = |x: &Vec<Vec<f64>>| scalar(combined(&tensor(x), &y, &cfg).unwrap().total);
             let numeric = (f(&up) - f(&down)) / (2.0 * eps);
             let rel = (numeric - g[i][j]).abs() / numeric.abs().max(g[i][j].abs()).max(1e-6);
-            assert!(rel < 1e-4, "[{i}][{j}] analytic {} numeric {numeric}", g[i][j]);
+            assert!(
+                rel < 1e-4,
+                "[{i}][{j}] analytic {} numeric {numeric}",
+                g[i][j]
+            );
         }
     }
 }

@@ -17,10 +17,18 @@ fn embed(model: &str, env: &[(&str, &Path)], dir: &Path, tag: &str) -> Result<St
     std::fs::write(&data, TEXTS).unwrap();
     let out = dir.join(format!("{tag}.jsonl"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_embedtune"));
-    cmd.args(["embed", "--model", model, "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE")
-        .env_remove("HF_HOME");
+    cmd.args([
+        "embed",
+        "--model",
+        model,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .env("HF_HUB_OFFLINE", "1")
+    .env_remove("HF_HUB_CACHE")
+    .env_remove("HF_HOME");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -38,7 +46,8 @@ fn variant(model: &Path, out: &Path, skip: &[&str]) -> PathBuf {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().to_string();
         if !skip.contains(&name.as_str()) {
-            std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), out.join(&name)).unwrap();
+            std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), out.join(&name))
+                .unwrap();
         }
     }
     out.to_path_buf()
@@ -46,7 +55,9 @@ fn variant(model: &Path, out: &Path, skip: &[&str]) -> PathBuf {
 
 #[test]
 fn hub_ids_resolve_from_the_cache_offline() {
-    let Some(model) = common::test_model() else { return };
+    let Some(model) = common::test_model() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let reference = embed(model.to_str().unwrap(), &[], dir.path(), "folder").unwrap();
 
@@ -59,16 +70,28 @@ fn hub_ids_resolve_from_the_cache_offline() {
     std::fs::write(repo.join("refs/main"), commit).unwrap();
 
     let env = [("HF_HUB_CACHE", cache.as_path())];
-    assert_eq!(embed("acme/minilm", &env, dir.path(), "hub").unwrap(), reference);
+    assert_eq!(
+        embed("acme/minilm", &env, dir.path(), "hub").unwrap(),
+        reference
+    );
     // A revision given as a commit hash.
     let pinned = format!("acme/minilm@{commit}");
-    assert_eq!(embed(&pinned, &env, dir.path(), "pinned").unwrap(), reference);
+    assert_eq!(
+        embed(&pinned, &env, dir.path(), "pinned").unwrap(),
+        reference
+    );
     // HF_HOME/hub is the cache when HF_HUB_CACHE is unset.
     let home = [("HF_HOME", dir.path())];
-    assert_eq!(embed("acme/minilm", &home, dir.path(), "home").unwrap(), reference);
+    assert_eq!(
+        embed("acme/minilm", &home, dir.path(), "home").unwrap(),
+        reference
+    );
     // A model that is not cached: a clear error naming the cache.
     let err = embed("acme/other", &env, dir.path(), "missing").unwrap_err();
-    assert!(err.contains("no config.json in Hub repository acme/other"), "{err}");
+    assert!(
+        err.contains("no config.json in Hub repository acme/other"),
+        "{err}"
+    );
     assert!(err.contains(cache.to_str().unwrap()), "{err}");
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
     assert_eq!(err.trim().lines().count(), 1);
@@ -76,20 +99,28 @@ fn hub_ids_resolve_from_the_cache_offline() {
 
 #[test]
 fn vocab_txt_tokenizer_matches_tokenizer_json() {
-    let Some(model) = common::test_model() else { return };
+    let Some(model) = common::test_model() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let reference = embed(model.to_str().unwrap(), &[], dir.path(), "json").unwrap();
     let vocab_only = variant(&model, &dir.path().join("vocab-only"), &["tokenizer.json"]);
-    assert_eq!(embed(vocab_only.to_str().unwrap(), &[], dir.path(), "vocab").unwrap(), reference);
+    assert_eq!(
+        embed(vocab_only.to_str().unwrap(), &[], dir.path(), "vocab").unwrap(),
+        reference
+    );
 }
 
 #[test]
 fn bert_prefix_and_legacy_layer_norm_names_load() {
-    let Some(model) = common::test_model() else { return };
+    let Some(model) = common::test_model() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let reference = embed(model.to_str().unwrap(), &[], dir.path(), "plain").unwrap();
     let legacy = variant(&model, &dir.path().join("legacy"), &["model.safetensors"]);
-    let tensors = candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut renamed: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(name, t)| {
@@ -100,7 +131,13 @@ fn bert_prefix_and_legacy_layer_norm_names_load() {
         })
         .collect();
     // Heads that real checkpoints carry are ignored.
-    renamed.insert("cls.predictions.bias".into(), Tensor::zeros(30522, candle_core::DType::F32, &Device::Cpu).unwrap());
+    renamed.insert(
+        "cls.predictions.bias".into(),
+        Tensor::zeros(30522, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&renamed, legacy.join("model.safetensors")).unwrap();
-    assert_eq!(embed(legacy.to_str().unwrap(), &[], dir.path(), "legacy").unwrap(), reference);
+    assert_eq!(
+        embed(legacy.to_str().unwrap(), &[], dir.path(), "legacy").unwrap(),
+        reference
+    );
 }

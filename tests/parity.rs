@@ -22,7 +22,9 @@ fn fixture() -> Fixture {
 }
 
 fn check(pooling: Pooling, normalize: bool, expected: &[Vec<f32>]) {
-    let Some(model) = common::test_model() else { return };
+    let Some(model) = common::test_model() else {
+        return;
+    };
     let fx = fixture();
     let embedder = Embedder::from_pretrained(
         model.to_str().unwrap(),

@@ -54,7 +54,11 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         let mut m = args.model.clone();
         m.model = model.to_string();
         let embedder = Embedder::from_pretrained(model, m.options(None))?;
-        eprintln!("diagnosing {model} ({} pooling) on {} sentences…", embedder.pooling(), texts.len().min(args.max_samples.unwrap_or(usize::MAX)));
+        eprintln!(
+            "diagnosing {model} ({} pooling) on {} sentences…",
+            embedder.pooling(),
+            texts.len().min(args.max_samples.unwrap_or(usize::MAX))
+        );
         Ok(diagnose::diagnose(&embedder, &texts, &opts)?)
     };
     let a = run_one(&args.model.model)?;

@@ -52,7 +52,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         embeddings.len(),
         embeddings.dim,
         embedder.pooling(),
-        if embedder.normalize() { ", normalized" } else { "" },
+        if embedder.normalize() {
+            ", normalized"
+        } else {
+            ""
+        },
         args.out.display()
     );
     Ok(())

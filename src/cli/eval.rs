@@ -24,7 +24,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let result = sts::evaluate(&embedder, &pairs)?;
     print!(
         "{}",
-        report::sts(&args.model.model, embedder.pooling().name(), &result, args.format)?
+        report::sts(
+            &args.model.model,
+            embedder.pooling().name(),
+            &result,
+            args.format
+        )?
     );
     Ok(())
 }

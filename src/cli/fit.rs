@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, ValueEnum};
 use embedtune::losses::LossConfig;
 use embedtune::training::optim::AdamWParams;
-use embedtune::training::{self, CorpusOptions, FitJob, FitOutcome, Observer, StepRecord, TrainConfig};
+use embedtune::training::{
+    self, CorpusOptions, FitJob, FitOutcome, Observer, StepRecord, TrainConfig,
+};
 use embedtune::{DeviceSpec, Pooling};
 use indicatif::ProgressBar;
 
@@ -117,12 +119,32 @@ pub struct FitArgs {
 
 impl FitArgs {
     fn loss(&self) -> LossConfig {
-        let base = LossConfig { alpha: self.alpha, t: self.t, tau: self.tau, ..LossConfig::align_uniform() };
+        let base = LossConfig {
+            alpha: self.alpha,
+            t: self.t,
+            tau: self.tau,
+            ..LossConfig::align_uniform()
+        };
         let (a, u, n) = (self.w_align, self.w_uniform, self.w_infonce);
         match self.loss {
-            LossKind::AlignUniform => LossConfig { w_align: a, w_uniform: u, w_info_nce: 0.0, ..base },
-            LossKind::Infonce => LossConfig { w_align: 0.0, w_uniform: 0.0, w_info_nce: n, ..base },
-            LossKind::Combined => LossConfig { w_align: a, w_uniform: u, w_info_nce: n, ..base },
+            LossKind::AlignUniform => LossConfig {
+                w_align: a,
+                w_uniform: u,
+                w_info_nce: 0.0,
+                ..base
+            },
+            LossKind::Infonce => LossConfig {
+                w_align: 0.0,
+                w_uniform: 0.0,
+                w_info_nce: n,
+                ..base
+            },
+            LossKind::Combined => LossConfig {
+                w_align: a,
+                w_uniform: u,
+                w_info_nce: n,
+                ..base
+            },
         }
     }
 }
@@ -155,7 +177,9 @@ impl Observer for Cli {
                     r.step,
                     e.heldout_alignment,
                     e.heldout_uniformity,
-                    e.sts_spearman.map(|s| format!(", STS Spearman {s:.2}")).unwrap_or_default()
+                    e.sts_spearman
+                        .map(|s| format!(", STS Spearman {s:.2}"))
+                        .unwrap_or_default()
                 ));
             }
             bar.set_message(msg);
@@ -190,7 +214,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         train: TrainConfig {
             loss: args.loss(),
             lr: args.lr,
-            adamw: AdamWParams { weight_decay: args.weight_decay, ..AdamWParams::default() },
+            adamw: AdamWParams {
+                weight_decay: args.weight_decay,
+                ..AdamWParams::default()
+            },
             warmup_ratio: args.warmup_ratio,
             max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
             batch_size: args.batch_size,
@@ -224,12 +251,22 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     }
     match outcome {
         FitOutcome::Interrupted { step, out } => {
-            eprintln!("interrupted: checkpoint at step {step} saved; continue with the same command and --resume ({})", out.display());
+            eprintln!(
+                "interrupted: checkpoint at step {step} saved; continue with the same command and --resume ({})",
+                out.display()
+            );
             std::process::exit(130);
         }
         FitOutcome::Done(r) => {
-            println!("saved {} (weights of step {})", args.out.display(), r.saved_step);
-            println!("{:<22}{:>10}{:>10}", "held-back sentences", "before", "after");
+            println!(
+                "saved {} (weights of step {})",
+                args.out.display(),
+                r.saved_step
+            );
+            println!(
+                "{:<22}{:>10}{:>10}",
+                "held-back sentences", "before", "after"
+            );
             for (k, b, a) in [
                 ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
                 ("uniformity", r.before.uniformity, r.after.uniformity),
@@ -238,7 +275,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
                 println!("{k:<22}{b:>10.4}{a:>10.4}");
             }
             if let (Some(b), Some(a)) = (r.sts_before, r.sts_after) {
-                println!("{:<22}{:>10.2}{:>10.2}", "STS Spearman", b.spearman, a.spearman);
+                println!(
+                    "{:<22}{:>10.2}{:>10.2}",
+                    "STS Spearman", b.spearman, a.spearman
+                );
             }
         }
     }

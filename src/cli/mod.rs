@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use embedtune::{DeviceSpec, EmbedderOptions, Pooling};
 
 #[derive(Parser)]
-#[command(name = "embedtune", version, about = "Sentence embeddings: diagnose anisotropy, fine-tune for alignment and uniformity, embed, evaluate")]
+#[command(
+    name = "embedtune",
+    version,
+    about = "Sentence embeddings: diagnose anisotropy, fine-tune for alignment and uniformity, embed, evaluate"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

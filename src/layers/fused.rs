@@ -30,12 +30,19 @@ fn cpu_f32(t: &Tensor) -> bool {
 /// Layer normalisation over the last dimension.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     if cpu_f32(x) && cpu_f32(gamma) && cpu_f32(beta) {
-        return Ok(x.contiguous()?.apply_op3(gamma, beta, LayerNormOp { eps: eps as f32 })?);
+        return Ok(x
+            .contiguous()?
+            .apply_op3(gamma, beta, LayerNormOp { eps: eps as f32 })?);
     }
     if x.track_op() || gamma.track_op() || beta.track_op() {
         Ok(candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32)?)
     } else {
-        Ok(candle_nn::ops::layer_norm(&x.contiguous()?, gamma, beta, eps as f32)?)
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            gamma,
+            beta,
+            eps as f32,
+        )?)
     }
 }
 
@@ -78,15 +85,20 @@ impl candle_core::CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "layer norm input")?;
-        let (g, b) = (f32_slice(s2, l2, "layer norm weight")?, f32_slice(s3, l3, "layer norm bias")?);
+        let (g, b) = (
+            f32_slice(s2, l2, "layer norm weight")?,
+            f32_slice(s3, l3, "layer norm bias")?,
+        );
         let h = g.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, row)| {
-            let (mean, rstd) = row_stats(row, self.eps);
-            for i in 0..h {
-                o[i] = (row[i] - mean) * rstd * g[i] + b[i];
-            }
-        });
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for i in 0..h {
+                    o[i] = (row[i] - mean) * rstd * g[i] + b[i];
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -102,7 +114,11 @@ impl candle_core::CustomOp3 for LayerNormOp {
         let rows = x.elem_count() / h;
         // One pass gives all three gradients, packed as rows of one tensor:
         // 0..rows = dx, then dγ, then dβ.
-        let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let packed = x.apply_op3_no_bwd(
+            gamma,
+            &grad.contiguous()?,
+            &LayerNormBwdOp { eps: self.eps },
+        )?;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dg = packed.get(rows)?;
         let db = packed.get(rows + 1)?;
@@ -189,22 +205,26 @@ impl candle_core::CustomOp1 for SoftmaxOp {
         let x = f32_slice(s, l, "softmax input")?;
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(o, row)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (oi, xi) in o.iter_mut().zip(row) {
-                *oi = (xi - max).exp();
-                sum += *oi;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        });
+        out.par_chunks_mut(n)
+            .zip(x.par_chunks(n))
+            .for_each(|(o, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (oi, xi) in o.iter_mut().zip(row) {
+                    *oi = (xi - max).exp();
+                    sum += *oi;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         // dx = y ⊙ (g − Σ_j g_j y_j)
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?))
+        Ok(Some(
+            y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
+        ))
     }
 }
 

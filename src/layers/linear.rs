@@ -25,7 +25,9 @@ impl Linear {
         // Fold leading dimensions into one so a single 2-D gemm does the work
         // (a batched matmul against a broadcast weight is slower on CPU).
         let dims = x.dims().to_vec();
-        let in_dim = *dims.last().expect("linear input has at least one dimension");
+        let in_dim = *dims
+            .last()
+            .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {

@@ -112,7 +112,10 @@ impl Weights {
     /// the encoder does not use (pooler, heads) are kept as they were, so
     /// other libraries load the result without missing weights.
     pub fn current_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
-        let vars = self.varmap.as_ref().map(|v| v.data().lock().expect("varmap lock"));
+        let vars = self
+            .varmap
+            .as_ref()
+            .map(|v| v.data().lock().expect("varmap lock"));
         let mut out = BTreeMap::new();
         for (name, tensor) in &self.tensors {
             let tensor = match vars.as_ref().and_then(|v| v.get(name)) {
@@ -133,9 +136,10 @@ impl Weights {
     }
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let tensor = self.tensors.get(name).ok_or_else(|| {
-            Error::Weight(format!("the checkpoint has no weight `{name}`"))
-        })?;
+        let tensor = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Weight(format!("the checkpoint has no weight `{name}`")))?;
         if tensor.dims() != shape {
             return Err(Error::Weight(format!(
                 "weight `{name}` has shape {:?}, expected {shape:?}",
@@ -224,6 +228,9 @@ mod tests {
             canonical_name("encoder.layer.0.output.LayerNorm.beta", &p),
             "encoder.layer.0.output.LayerNorm.bias"
         );
-        assert_eq!(canonical_name("cls.predictions.bias", &p), "cls.predictions.bias");
+        assert_eq!(
+            canonical_name("cls.predictions.bias", &p),
+            "cls.predictions.bias"
+        );
     }
 }

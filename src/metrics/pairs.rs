@@ -40,7 +40,9 @@ fn row_sum(e: &Embeddings) -> Vec<f64> {
 pub fn avg_cosine(e: &Embeddings) -> Result<f64> {
     let n = e.len();
     if n < 2 {
-        return Err(Error::Invalid(format!("need at least 2 embeddings, got {n}")));
+        return Err(Error::Invalid(format!(
+            "need at least 2 embeddings, got {n}"
+        )));
     }
     let u = normalized(e);
     let s = row_sum(&u);
@@ -57,20 +59,31 @@ pub fn avg_cosine(e: &Embeddings) -> Result<f64> {
 pub fn mean_vector_norm(e: &Embeddings) -> f64 {
     let u = normalized(e);
     let n = u.len().max(1) as f64;
-    row_sum(&u).iter().map(|v| (v / n).powi(2)).sum::<f64>().sqrt()
+    row_sum(&u)
+        .iter()
+        .map(|v| (v / n).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// `mean_i ‖xᵢ − yᵢ‖²` on unit-normalised rows (Wang & Isola's alignment,
 /// α = 2).
 pub fn alignment(x: &Embeddings, y: &Embeddings) -> Result<f64> {
     if x.len() != y.len() || x.dim != y.dim || x.is_empty() {
-        return Err(Error::Invalid("alignment needs two equal, non-empty sets".into()));
+        return Err(Error::Invalid(
+            "alignment needs two equal, non-empty sets".into(),
+        ));
     }
     let (ux, uy) = (normalized(x), normalized(y));
     let total: f64 = ux
         .rows()
         .zip(uy.rows())
-        .map(|(a, b)| a.iter().zip(b).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>())
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+                .sum::<f64>()
+        })
         .sum();
     Ok(total / x.len() as f64)
 }
@@ -159,7 +172,9 @@ impl LogSumExp {
 pub fn pair_stats(e: &Embeddings, t: f64, bins: usize, seed: u64) -> Result<PairStats> {
     let n = e.len();
     if n < 2 {
-        return Err(Error::Invalid(format!("need at least 2 embeddings, got {n}")));
+        return Err(Error::Invalid(format!(
+            "need at least 2 embeddings, got {n}"
+        )));
     }
     let u = normalized(e);
     let (lse, histogram, pairs, exact) = if n <= EXACT_PAIRS_LIMIT {
@@ -217,7 +232,12 @@ fn exact_pairs(u: &Embeddings, t: f64, bins: usize) -> Result<(LogSumExp, Cosine
     Ok((lse, hist, pairs))
 }
 
-fn sampled_pairs(u: &Embeddings, t: f64, bins: usize, seed: u64) -> (LogSumExp, CosineHistogram, u64) {
+fn sampled_pairs(
+    u: &Embeddings,
+    t: f64,
+    bins: usize,
+    seed: u64,
+) -> (LogSumExp, CosineHistogram, u64) {
     let n = u.len() as u64;
     let mut rng = Rng::new(seed);
     let mut lse = LogSumExp::EMPTY;

@@ -18,7 +18,9 @@ impl Spectrum {
     pub fn of(e: &Embeddings, center: bool) -> Result<Self> {
         let (n, d) = (e.len(), e.dim);
         if n < 2 {
-            return Err(Error::Invalid(format!("need at least 2 embeddings, got {n}")));
+            return Err(Error::Invalid(format!(
+                "need at least 2 embeddings, got {n}"
+            )));
         }
         let cov = second_moment(e, center)?;
         let eig = SymmetricEigen::new(cov);
@@ -61,7 +63,11 @@ fn second_moment(e: &Embeddings, center: bool) -> Result<DMatrix<f64>> {
 /// Share of the variance along the first principal component.
 pub fn top1_variance_ratio(s: &Spectrum) -> f64 {
     let total: f64 = s.eigenvalues.iter().sum();
-    if total == 0.0 { 1.0 } else { s.eigenvalues[0] / total }
+    if total == 0.0 {
+        1.0
+    } else {
+        s.eigenvalues[0] / total
+    }
 }
 
 /// Roy & Vetterli's effective rank: `exp(H(p))` with `pᵢ = σᵢ / Σσ` the

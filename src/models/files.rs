@@ -15,7 +15,10 @@ pub enum ModelSource {
     Local(PathBuf),
     /// A Hub repository id, e.g. `sentence-transformers/all-MiniLM-L6-v2`, and
     /// an optional revision (`@rev`).
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -55,8 +58,9 @@ impl ModelSource {
         if !valid {
             return Err(Error::Model {
                 model: spec.to_string(),
-                message: "neither an existing folder nor a Hub id (`org/name` or `org/name@revision`)"
-                    .into(),
+                message:
+                    "neither an existing folder nor a Hub id (`org/name` or `org/name@revision`)"
+                        .into(),
             });
         }
         Ok(ModelSource::Hub {
@@ -159,9 +163,7 @@ impl ModelFiles {
             model: name.to_string(),
             message: format!("no {what} in {}", store.describe()),
         };
-        let config = store
-            .file(CONFIG)?
-            .ok_or_else(|| missing(CONFIG, store))?;
+        let config = store.file(CONFIG)?.ok_or_else(|| missing(CONFIG, store))?;
         let weights = if let Some(index) = store.file(SAFETENSORS_INDEX)? {
             let shards = shard_names(&index)?;
             let mut paths = Vec::with_capacity(shards.len());

@@ -34,7 +34,10 @@ fn env_path(name: &str) -> Option<PathBuf> {
 /// `HF_HUB_OFFLINE` set to a true value.
 pub fn offline_requested() -> bool {
     matches!(
-        std::env::var("HF_HUB_OFFLINE").as_deref().map(str::to_ascii_lowercase).as_deref(),
+        std::env::var("HF_HUB_OFFLINE")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Ok("1" | "true" | "yes" | "on")
     )
 }
@@ -78,7 +81,11 @@ impl HubStore {
         };
         // A snapshot with a config and weights is complete: use it without
         // asking the Hub about every optional file.
-        let weights = [files::SAFETENSORS, files::SAFETENSORS_INDEX, files::PYTORCH_BIN];
+        let weights = [
+            files::SAFETENSORS,
+            files::SAFETENSORS_INDEX,
+            files::PYTORCH_BIN,
+        ];
         if store.api.is_some()
             && store.cached(files::CONFIG).is_some()
             && weights.iter().any(|w| store.cached(w).is_some())
@@ -170,14 +177,22 @@ pub fn dataset_parquet_files(spec: &str) -> Result<Vec<PathBuf>> {
         None => (id, "main".to_string()),
     };
     if repo_id.is_empty() || repo_id.matches('/').count() > 1 {
-        return Err(Error::Hub(format!("`{spec}` is not a dataset id (hf://OWNER/NAME[@revision])")));
+        return Err(Error::Hub(format!(
+            "`{spec}` is not a dataset id (hf://OWNER/NAME[@revision])"
+        )));
     }
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone());
     let cache = Cache::new(cache_dir());
     let cached = || -> Vec<PathBuf> {
         let snapshots = cache.path().join(repo.folder_name()).join("snapshots");
-        let commit = std::fs::read_to_string(cache.path().join(repo.folder_name()).join("refs").join(&revision))
-            .unwrap_or_else(|_| revision.clone());
+        let commit = std::fs::read_to_string(
+            cache
+                .path()
+                .join(repo.folder_name())
+                .join("refs")
+                .join(&revision),
+        )
+        .unwrap_or_else(|_| revision.clone());
         let mut files = Vec::new();
         let mut stack = vec![snapshots.join(commit.trim())];
         while let Some(dir) = stack.pop() {
@@ -228,7 +243,9 @@ pub fn dataset_parquet_files(spec: &str) -> Result<Vec<PathBuf>> {
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(Error::Hub(format!("dataset {repo_id} has no Parquet files")));
+        return Err(Error::Hub(format!(
+            "dataset {repo_id} has no Parquet files"
+        )));
     }
     names
         .iter()

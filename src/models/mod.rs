@@ -27,7 +27,9 @@ pub struct EncoderOutput {
 
 impl EncoderOutput {
     pub fn last(&self) -> &Tensor {
-        self.hidden_states.last().expect("at least the embedding output")
+        self.hidden_states
+            .last()
+            .expect("at least the embedding output")
     }
 }
 

@@ -53,9 +53,7 @@ impl SbertSettings {
         let mut settings = SbertSettings::default();
         if let Some(path) = &files.modules {
             let modules: Vec<Module> = read_json(path)?;
-            settings.normalize = modules
-                .iter()
-                .any(|m| m.kind.ends_with("models.Normalize"));
+            settings.normalize = modules.iter().any(|m| m.kind.ends_with("models.Normalize"));
         }
         if let Some(path) = &files.sentence_bert_config {
             settings.max_seq_length = read_json::<SbertConfig>(path)?.max_seq_length;

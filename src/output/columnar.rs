@@ -39,8 +39,8 @@ pub(super) fn write_arrow(
     embeddings: &Embeddings,
 ) -> Result<(), String> {
     let batch = record_batch(texts, embeddings)?;
-    let mut writer = arrow::ipc::writer::FileWriter::try_new(out, &batch.schema())
-        .map_err(|e| e.to_string())?;
+    let mut writer =
+        arrow::ipc::writer::FileWriter::try_new(out, &batch.schema()).map_err(|e| e.to_string())?;
     writer.write(&batch).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     Ok(())

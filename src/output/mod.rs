@@ -5,8 +5,8 @@
 
 mod atomic;
 mod columnar;
-mod npy;
 pub mod model_folder;
+mod npy;
 
 use std::io::Write;
 use std::path::Path;
@@ -67,18 +67,24 @@ pub fn write_embeddings(path: &Path, texts: &[String], embeddings: &Embeddings) 
     let format = OutputFormat::from_path(path)?;
     let mut file = AtomicFile::create(path)?;
     match format {
-        OutputFormat::Jsonl => write_jsonl(&mut file, texts, embeddings)
-            .map_err(|e| Error::io(path, e))?,
+        OutputFormat::Jsonl => {
+            write_jsonl(&mut file, texts, embeddings).map_err(|e| Error::io(path, e))?
+        }
         OutputFormat::Npy => npy::write(&mut file, embeddings).map_err(|e| Error::io(path, e))?,
         OutputFormat::Parquet => columnar::write_parquet(&mut file, texts, embeddings)
             .map_err(|e| Error::data(path, e))?,
-        OutputFormat::Arrow => columnar::write_arrow(&mut file, texts, embeddings)
-            .map_err(|e| Error::data(path, e))?,
+        OutputFormat::Arrow => {
+            columnar::write_arrow(&mut file, texts, embeddings).map_err(|e| Error::data(path, e))?
+        }
     }
     file.commit()
 }
 
-fn write_jsonl(out: &mut impl Write, texts: &[String], embeddings: &Embeddings) -> std::io::Result<()> {
+fn write_jsonl(
+    out: &mut impl Write,
+    texts: &[String],
+    embeddings: &Embeddings,
+) -> std::io::Result<()> {
     #[derive(serde::Serialize)]
     struct Row<'a> {
         text: &'a str,

@@ -48,7 +48,10 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 /// Writes safetensors atomically (temporary name, then rename).
 pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let tmp = path.with_extension(format!("safetensors.tmp-{}", std::process::id()));
-    let map: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     candle_core::safetensors::save(&map, &tmp).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
@@ -69,7 +72,11 @@ impl ModelFolder<'_> {
             crate::models::files::TokenizerFiles::Vocab { vocab, .. } => copy(vocab, "vocab.txt")?,
         }
         // The rest of the tokenizer files travel when the base has them.
-        for name in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+        for name in [
+            "vocab.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
             let src = self.base.config.with_file_name(name);
             if src.is_file() && !dir.join(name).is_file() {
                 copy(&src, name)?;
@@ -103,7 +110,10 @@ impl ModelFolder<'_> {
             &dir.join("sentence_bert_config.json"),
             &json!({"max_seq_length": self.max_seq_length, "do_lower_case": false}),
         )?;
-        let st_config = self.base.config.with_file_name("config_sentence_transformers.json");
+        let st_config = self
+            .base
+            .config
+            .with_file_name("config_sentence_transformers.json");
         if st_config.is_file() {
             copy(&st_config, "config_sentence_transformers.json")?;
         } else {

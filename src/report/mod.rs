@@ -123,13 +123,25 @@ pub fn comparison(a: &Diagnosis, b: &Diagnosis, format: Format) -> Result<String
             let md = format == Format::Markdown;
             let row = |s: &mut String, cells: [&str; 4]| {
                 if md {
-                    let _ = writeln!(s, "| {} | {} | {} | {} |", cells[0], cells[1], cells[2], cells[3]);
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} |",
+                        cells[0], cells[1], cells[2], cells[3]
+                    );
                 } else {
-                    let _ = writeln!(s, "{:<22}{:>12}{:>12}{:>12}", cells[0], cells[1], cells[2], cells[3]);
+                    let _ = writeln!(
+                        s,
+                        "{:<22}{:>12}{:>12}{:>12}",
+                        cells[0], cells[1], cells[2], cells[3]
+                    );
                 }
             };
             let _ = writeln!(s, "A: {}\nB: {}", a.model, b.model);
-            let _ = writeln!(s, "probe: {} sentences, {} pooling, max length {}\n", a.n, a.pooling, a.max_len);
+            let _ = writeln!(
+                s,
+                "probe: {} sentences, {} pooling, max length {}\n",
+                a.n, a.pooling, a.max_len
+            );
             row(&mut s, ["metric", "A", "B", "change"]);
             if md {
                 let _ = writeln!(s, "|---|---:|---:|---:|");
@@ -137,10 +149,20 @@ pub fn comparison(a: &Diagnosis, b: &Diagnosis, format: Format) -> Result<String
             for ((key, va), (_, vb)) in scalars(a)[..8].iter().zip(&scalars(b)[..8]) {
                 row(
                     &mut s,
-                    [key, &format!("{va:.4}"), &format!("{vb:.4}"), &format!("{:+.4}", vb - va)],
+                    [
+                        key,
+                        &format!("{va:.4}"),
+                        &format!("{vb:.4}"),
+                        &format!("{:+.4}", vb - va),
+                    ],
                 );
             }
-            let _ = writeln!(s, "\nA per layer: {}\nB per layer: {}", layers_line(a), layers_line(b));
+            let _ = writeln!(
+                s,
+                "\nA per layer: {}\nB per layer: {}",
+                layers_line(a),
+                layers_line(b)
+            );
             let _ = writeln!(s, "\nA: {}\nB: {}", a.verdict(), b.verdict());
         }
     }
@@ -150,7 +172,9 @@ pub fn comparison(a: &Diagnosis, b: &Diagnosis, format: Format) -> Result<String
 /// STS correlations.
 pub fn sts(model: &str, pooling: &str, r: &StsResult, format: Format) -> Result<String> {
     Ok(match format {
-        Format::Json => serde_json::to_string_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
+        Format::Json => {
+            serde_json::to_string_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?
+        }
         Format::Table => format!(
             "model    {model}\npooling  {pooling}\npairs    {}\nspearman {:.2}\npearson  {:.2}\n",
             r.n, r.spearman, r.pearson

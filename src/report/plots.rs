@@ -24,12 +24,17 @@ pub fn write_plots(dir: &Path, diagnoses: &[&Diagnosis]) -> Result<Vec<PathBuf>>
         (dir.join("per_layer_avg_cosine.svg"), layers(diagnoses)),
     ];
     for (i, d) in diagnoses.iter().enumerate() {
-        let name = if i == 0 { "circle.svg".to_string() } else { format!("circle_{}.svg", i + 1) };
+        let name = if i == 0 {
+            "circle.svg".to_string()
+        } else {
+            format!("circle_{}.svg", i + 1)
+        };
         files.push((dir.join(name), circle(d, COLORS[i % 2])));
     }
     for (path, svg) in &files {
         let mut f = AtomicFile::create(path)?;
-        f.write_all(svg.as_bytes()).map_err(|e| Error::io(path, e))?;
+        f.write_all(svg.as_bytes())
+            .map_err(|e| Error::io(path, e))?;
         f.commit()?;
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())
@@ -64,8 +69,19 @@ impl Chart {
         let mut svg = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         );
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>", W / 2.0, esc(title));
-        let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", L + (W - L - R) / 2.0, H - 12.0, esc(xlabel));
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>",
+            W / 2.0,
+            esc(title)
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            L + (W - L - R) / 2.0,
+            H - 12.0,
+            esc(xlabel)
+        );
         let _ = writeln!(
             svg,
             "<text transform=\"translate(16,{}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
@@ -86,27 +102,65 @@ impl Chart {
     }
 
     fn axes(&mut self) {
-        let (x0, x1, y0, y1) = (self.px(self.x.0), self.px(self.x.1), self.py(self.y.0), self.py(self.y.1));
-        let _ = writeln!(self.svg, "<rect x=\"{x0}\" y=\"{y1}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>", x1 - x0, y0 - y1);
+        let (x0, x1, y0, y1) = (
+            self.px(self.x.0),
+            self.px(self.x.1),
+            self.py(self.y.0),
+            self.py(self.y.1),
+        );
+        let _ = writeln!(
+            self.svg,
+            "<rect x=\"{x0}\" y=\"{y1}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#444\"/>",
+            x1 - x0,
+            y0 - y1
+        );
         for i in 0..=4 {
             let f = i as f64 / 4.0;
             let xv = self.x.0 + f * (self.x.1 - self.x.0);
             let yv = self.y.0 + f * (self.y.1 - self.y.0);
             let (xp, yp) = (self.px(xv), self.py(yv));
-            let _ = writeln!(self.svg, "<line x1=\"{xp}\" y1=\"{y0}\" x2=\"{xp}\" y2=\"{}\" stroke=\"#444\"/><text x=\"{xp}\" y=\"{}\" text-anchor=\"middle\">{}</text>", y0 + 5.0, y0 + 18.0, tick(xv));
-            let _ = writeln!(self.svg, "<line x1=\"{}\" y1=\"{yp}\" x2=\"{x0}\" y2=\"{yp}\" stroke=\"#444\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>", x0 - 5.0, x0 - 8.0, yp + 4.0, tick(yv));
+            let _ = writeln!(
+                self.svg,
+                "<line x1=\"{xp}\" y1=\"{y0}\" x2=\"{xp}\" y2=\"{}\" stroke=\"#444\"/><text x=\"{xp}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                y0 + 5.0,
+                y0 + 18.0,
+                tick(xv)
+            );
+            let _ = writeln!(
+                self.svg,
+                "<line x1=\"{}\" y1=\"{yp}\" x2=\"{x0}\" y2=\"{yp}\" stroke=\"#444\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+                x0 - 5.0,
+                x0 - 8.0,
+                yp + 4.0,
+                tick(yv)
+            );
         }
     }
 
     fn polyline(&mut self, points: &[(f64, f64)], color: &str) {
-        let pts: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", self.px(*x), self.py(*y))).collect();
-        let _ = writeln!(self.svg, "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>", pts.join(" "));
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", self.px(*x), self.py(*y)))
+            .collect();
+        let _ = writeln!(
+            self.svg,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+            pts.join(" ")
+        );
     }
 
     fn legend(&mut self, labels: &[(String, &str)]) {
         for (i, (label, color)) in labels.iter().enumerate() {
             let y = T + 16.0 + 16.0 * i as f64;
-            let _ = writeln!(self.svg, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>", L + 10.0, y - 10.0, L + 28.0, y, esc(label));
+            let _ = writeln!(
+                self.svg,
+                "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+                L + 10.0,
+                y - 10.0,
+                L + 28.0,
+                y,
+                esc(label)
+            );
         }
     }
 
@@ -117,11 +171,17 @@ impl Chart {
 }
 
 fn tick(v: f64) -> String {
-    if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn label(d: &Diagnosis) -> String {
@@ -135,11 +195,21 @@ fn histogram(ds: &[&Diagnosis]) -> String {
         .map(|d| {
             let total = d.histogram.counts.iter().sum::<u64>().max(1) as f64;
             let width = 2.0 / d.histogram.counts.len() as f64;
-            d.histogram.counts.iter().map(|c| *c as f64 / total / width).collect()
+            d.histogram
+                .counts
+                .iter()
+                .map(|c| *c as f64 / total / width)
+                .collect()
         })
         .collect();
     let ymax = dens.iter().flatten().fold(0f64, |a, b| a.max(*b)).max(1e-9) * 1.05;
-    let mut c = Chart::new("Pairwise cosine similarity", (-1.0, 1.0), (0.0, ymax), "cosine", "density");
+    let mut c = Chart::new(
+        "Pairwise cosine similarity",
+        (-1.0, 1.0),
+        (0.0, ymax),
+        "cosine",
+        "density",
+    );
     for (k, (d, den)) in ds.iter().zip(&dens).enumerate() {
         let color = COLORS[k % 2];
         let bins = den.len();
@@ -147,26 +217,64 @@ fn histogram(ds: &[&Diagnosis]) -> String {
             let x0 = c.px(d.histogram.bin_start(i));
             let x1 = c.px(d.histogram.bin_start(i) + 2.0 / bins as f64);
             let (y, y0) = (c.py(*v), c.py(0.0));
-            let _ = writeln!(c.svg, "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>", (x1 - x0).max(0.5), y0 - y);
+            let _ = writeln!(
+                c.svg,
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
+                (x1 - x0).max(0.5),
+                y0 - y
+            );
         }
     }
-    let labels: Vec<(String, &str)> = ds.iter().enumerate().map(|(k, d)| (label(d), COLORS[k % 2])).collect();
+    let labels: Vec<(String, &str)> = ds
+        .iter()
+        .enumerate()
+        .map(|(k, d)| (label(d), COLORS[k % 2]))
+        .collect();
     c.legend(&labels);
     c.finish()
 }
 
 fn layers(ds: &[&Diagnosis]) -> String {
-    let nl = ds.iter().map(|d| d.per_layer_avg_cosine.len()).max().unwrap_or(1).max(2);
-    let lo = ds.iter().flat_map(|d| d.per_layer_avg_cosine.iter()).fold(0f64, |a, b| a.min(*b));
-    let mut c = Chart::new("Average cosine by layer", (0.0, (nl - 1) as f64), (lo.min(0.0), 1.0), "layer (0 = embeddings)", "average cosine");
+    let nl = ds
+        .iter()
+        .map(|d| d.per_layer_avg_cosine.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let lo = ds
+        .iter()
+        .flat_map(|d| d.per_layer_avg_cosine.iter())
+        .fold(0f64, |a, b| a.min(*b));
+    let mut c = Chart::new(
+        "Average cosine by layer",
+        (0.0, (nl - 1) as f64),
+        (lo.min(0.0), 1.0),
+        "layer (0 = embeddings)",
+        "average cosine",
+    );
     for (k, d) in ds.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = d.per_layer_avg_cosine.iter().enumerate().map(|(i, v)| (i as f64, *v)).collect();
+        let pts: Vec<(f64, f64)> = d
+            .per_layer_avg_cosine
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, *v))
+            .collect();
         c.polyline(&pts, COLORS[k % 2]);
         for (x, y) in &pts {
-            let _ = writeln!(c.svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", c.px(*x), c.py(*y), COLORS[k % 2]);
+            let _ = writeln!(
+                c.svg,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+                c.px(*x),
+                c.py(*y),
+                COLORS[k % 2]
+            );
         }
     }
-    let labels: Vec<(String, &str)> = ds.iter().enumerate().map(|(k, d)| (label(d), COLORS[k % 2])).collect();
+    let labels: Vec<(String, &str)> = ds
+        .iter()
+        .enumerate()
+        .map(|(k, d)| (label(d), COLORS[k % 2]))
+        .collect();
     c.legend(&labels);
     c.finish()
 }
@@ -187,7 +295,11 @@ fn bessel_i0(x: f64) -> f64 {
 /// von Mises–Fisher kernel density of `angles` at `theta`.
 fn vmf_density(angles: &[f64], theta: f64) -> f64 {
     let norm = TAU * bessel_i0(KAPPA);
-    angles.iter().map(|a| (KAPPA * (theta - a).cos()).exp()).sum::<f64>() / (angles.len() as f64 * norm)
+    angles
+        .iter()
+        .map(|a| (KAPPA * (theta - a).cos()).exp())
+        .sum::<f64>()
+        / (angles.len() as f64 * norm)
 }
 
 fn circle(d: &Diagnosis, color: &str) -> String {
@@ -200,13 +312,24 @@ fn circle(d: &Diagnosis, color: &str) -> String {
     let dmax = dens.iter().fold(0f64, |a, b| a.max(*b)).max(1e-9);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"420\" viewBox=\"0 0 900 420\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"450\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
-        esc(&format!("{} on S¹ (top-2 principal directions), uniformity {:.2}", d.model, d.uniformity))
+        esc(&format!(
+            "{} on S¹ (top-2 principal directions), uniformity {:.2}",
+            d.model, d.uniformity
+        ))
     );
     // Left: the unit circle with the points and the density as a ring.
     let (cx, cy, r) = (200.0, 225.0, 120.0);
-    let _ = writeln!(svg, "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"{r}\" fill=\"none\" stroke=\"#999\"/>");
+    let _ = writeln!(
+        svg,
+        "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"{r}\" fill=\"none\" stroke=\"#999\"/>"
+    );
     for a in angles.iter().take(2000) {
-        let _ = writeln!(svg, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{color}\" fill-opacity=\"0.35\"/>", cx + r * a.cos(), cy - r * a.sin());
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2\" fill=\"{color}\" fill-opacity=\"0.35\"/>",
+            cx + r * a.cos(),
+            cy - r * a.sin()
+        );
     }
     let ring: Vec<String> = grid
         .iter()
@@ -216,25 +339,58 @@ fn circle(d: &Diagnosis, color: &str) -> String {
             format!("{:.1},{:.1}", cx + rr * t.cos(), cy - rr * t.sin())
         })
         .collect();
-    let _ = writeln!(svg, "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>", ring.join(" "));
+    let _ = writeln!(
+        svg,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+        ring.join(" ")
+    );
     // Right: the density against the angle.
     let (x0, y0, w, h) = (470.0, 360.0, 400.0, 280.0);
-    let _ = writeln!(svg, "<rect x=\"{x0}\" y=\"{}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#444\"/>", y0 - h);
+    let _ = writeln!(
+        svg,
+        "<rect x=\"{x0}\" y=\"{}\" width=\"{w}\" height=\"{h}\" fill=\"none\" stroke=\"#444\"/>",
+        y0 - h
+    );
     let pts: Vec<String> = grid
         .iter()
         .zip(&dens)
-        .map(|(t, v)| format!("{:.1},{:.1}", x0 + (t + PI) / TAU * w, y0 - v / dmax * h * 0.95))
+        .map(|(t, v)| {
+            format!(
+                "{:.1},{:.1}",
+                x0 + (t + PI) / TAU * w,
+                y0 - v / dmax * h * 0.95
+            )
+        })
         .collect();
-    let _ = writeln!(svg, "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>", pts.join(" "));
+    let _ = writeln!(
+        svg,
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+        pts.join(" ")
+    );
     let uniform_y = y0 - (1.0 / TAU) / dmax * h * 0.95;
     if uniform_y > y0 - h {
-        let _ = writeln!(svg, "<line x1=\"{x0}\" y1=\"{uniform_y:.1}\" x2=\"{}\" y2=\"{uniform_y:.1}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#666\">uniform</text>", x0 + w, x0 + w - 4.0, uniform_y - 4.0);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{x0}\" y1=\"{uniform_y:.1}\" x2=\"{}\" y2=\"{uniform_y:.1}\" stroke=\"#999\" stroke-dasharray=\"4 3\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#666\">uniform</text>",
+            x0 + w,
+            x0 + w - 4.0,
+            uniform_y - 4.0
+        );
     }
     for (i, lab) in ["−π", "−π/2", "0", "π/2", "π"].iter().enumerate() {
         let x = x0 + w * i as f64 / 4.0;
-        let _ = writeln!(svg, "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{lab}</text>", y0 + 18.0);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">{lab}</text>",
+            y0 + 18.0
+        );
     }
-    let _ = writeln!(svg, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">angle (vMF kernel density, κ = {KAPPA})</text>", x0 + w / 2.0, y0 + 40.0);
+    let _ = writeln!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">angle (vMF kernel density, κ = {KAPPA})</text>",
+        x0 + w / 2.0,
+        y0 + 40.0
+    );
     svg.push_str("</svg>\n");
     svg
 }
@@ -247,7 +403,11 @@ mod tests {
     fn vmf_density_integrates_to_one() {
         let angles = [0.3, -2.0, 1.0];
         let n = 2000;
-        let integral: f64 = (0..n).map(|i| vmf_density(&angles, -PI + TAU * i as f64 / n as f64)).sum::<f64>() * TAU / n as f64;
+        let integral: f64 = (0..n)
+            .map(|i| vmf_density(&angles, -PI + TAU * i as f64 / n as f64))
+            .sum::<f64>()
+            * TAU
+            / n as f64;
         assert!((integral - 1.0).abs() < 1e-6, "{integral}");
     }
 }

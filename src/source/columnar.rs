@@ -20,7 +20,10 @@ pub(super) fn open_parquet(path: &Path, column: &str) -> Result<TextStream> {
         .map_err(|e| Error::data(path, e.to_string()))?;
     let path = path.to_path_buf();
     // The projection leaves just the one column.
-    Ok(flatten(reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))), 0))
+    Ok(flatten(
+        reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))),
+        0,
+    ))
 }
 
 pub(super) fn open_arrow(path: &Path, column: &str) -> Result<TextStream> {
@@ -30,7 +33,10 @@ pub(super) fn open_arrow(path: &Path, column: &str) -> Result<TextStream> {
     let idx = column_index(path, &reader.schema(), column)?;
     check_type(path, &reader.schema(), idx, column)?;
     let path = path.to_path_buf();
-    Ok(flatten(reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))), idx))
+    Ok(flatten(
+        reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))),
+        idx,
+    ))
 }
 
 /// Record batches → one item per row, a batch at a time.
@@ -66,8 +72,16 @@ fn check_type(path: &Path, schema: &SchemaRef, idx: usize, column: &str) -> Resu
 fn strings(batch: &RecordBatch, idx: usize) -> Vec<Item> {
     let array = batch.column(idx);
     match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().map(Item::from_text).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(Item::from_text).collect(),
+        DataType::Utf8 => array
+            .as_string::<i32>()
+            .iter()
+            .map(Item::from_text)
+            .collect(),
+        DataType::LargeUtf8 => array
+            .as_string::<i64>()
+            .iter()
+            .map(Item::from_text)
+            .collect(),
         DataType::Utf8View => array.as_string_view().iter().map(Item::from_text).collect(),
         _ => Vec::new(),
     }

@@ -74,7 +74,8 @@ fn list(out: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| Error::io(&root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
                 && p.join(STATE).is_file()
         })
         .collect();
@@ -102,7 +103,8 @@ pub fn latest(out: &Path) -> Result<Option<Loaded>> {
     let Some(dir) = list(out)?.pop() else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(dir.join(STATE)).map_err(|e| Error::io(dir.join(STATE), e))?;
+    let text =
+        std::fs::read_to_string(dir.join(STATE)).map_err(|e| Error::io(dir.join(STATE), e))?;
     let state = serde_json::from_str(&text).map_err(|e| Error::Config {
         path: dir.join(STATE),
         message: e.to_string(),

@@ -86,7 +86,10 @@ fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     if out.is_empty() {
-        return Err(Error::data(path, "folder has no .txt, .jsonl, .csv, .tsv, .parquet or .arrow files"));
+        return Err(Error::data(
+            path,
+            "folder has no .txt, .jsonl, .csv, .tsv, .parquet or .arrow files",
+        ));
     }
     Ok(out)
 }
@@ -150,14 +153,18 @@ impl Corpus {
             corpus.train_len = corpus.train_len.min(max);
         }
         if corpus.train_len == 0 {
-            return Err(Error::data(path, "no training sentences left after filtering"));
+            return Err(Error::data(
+                path,
+                "no training sentences left after filtering",
+            ));
         }
         Ok(corpus)
     }
 
     fn keep(&self, text: &str) -> bool {
         let words = text.split_whitespace().count();
-        self.opts.min_words.is_none_or(|m| words >= m) && self.opts.max_words.is_none_or(|m| words <= m)
+        self.opts.min_words.is_none_or(|m| words >= m)
+            && self.opts.max_words.is_none_or(|m| words <= m)
     }
 
     fn held_back(&self, text: &str) -> bool {
@@ -264,11 +271,19 @@ mod tests {
 
     #[test]
     fn filters_dedups_holds_back_and_replays() {
-        let lines: Vec<String> = (0..200).map(|i| format!("sentence number {i} here")).collect();
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!("sentence number {i} here"))
+            .collect();
         let mut refs: Vec<&str> = lines.iter().map(String::as_str).collect();
         refs.push("sentence number 3 here"); // duplicate
         refs.push("short");
-        let opts = CorpusOptions { min_words: Some(2), holdout: 20, shuffle_buffer: 50, seed: 9, ..Default::default() };
+        let opts = CorpusOptions {
+            min_words: Some(2),
+            holdout: 20,
+            shuffle_buffer: 50,
+            seed: 9,
+            ..Default::default()
+        };
         let (_d, c) = corpus(&refs, opts);
         assert_eq!(c.held_out.len(), 20);
         assert_eq!(c.train_len, 180);
@@ -280,7 +295,10 @@ mod tests {
         assert_eq!(a.len(), 180);
         let set: HashSet<&String> = a.iter().collect();
         assert_eq!(set.len(), 180, "no duplicates");
-        assert!(a.iter().all(|t| !c.held_out.contains(t)), "held-out never trained on");
+        assert!(
+            a.iter().all(|t| !c.held_out.contains(t)),
+            "held-out never trained on"
+        );
         assert!(!a.contains(&"short".to_string()));
     }
 }

@@ -103,7 +103,8 @@ fn prepare_out(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
     f.commit()
 }
 
@@ -117,7 +118,10 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
     let sts_pairs = job.eval_sts.as_deref().map(sts::read_pairs).transpose()?;
     let corpus = Corpus::open(&job.data, job.corpus.clone())?;
     if corpus.skipped_invalid_utf8 > 0 {
-        obs.on_message(&format!("skipped {} lines that are not valid UTF-8", corpus.skipped_invalid_utf8));
+        obs.on_message(&format!(
+            "skipped {} lines that are not valid UTF-8",
+            corpus.skipped_invalid_utf8
+        ));
     }
     prepare_out(&job.out, job.resume, job.overwrite)?;
     let embedder = Embedder::from_pretrained(
@@ -141,28 +145,51 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         embedder.max_len()
     ));
 
-    let diag_opts = DiagnoseOptions { seed: job.train.seed, ..Default::default() };
+    let diag_opts = DiagnoseOptions {
+        seed: job.train.seed,
+        ..Default::default()
+    };
     let probe = &corpus.held_out;
     let before_path = job.out.join(BEFORE);
     let (before, sts_before) = if job.resume && before_path.is_file() {
         let text = std::fs::read_to_string(&before_path).map_err(|e| Error::io(&before_path, e))?;
         serde_json::from_str::<BeforeFigures>(&text)
             .map(|b| (b.diagnosis, b.sts))
-            .map_err(|e| Error::Config { path: before_path.clone(), message: e.to_string() })?
+            .map_err(|e| Error::Config {
+                path: before_path.clone(),
+                message: e.to_string(),
+            })?
     } else {
         obs.on_message("measuring the base model on the held-back sentences…");
         let d = diagnose_held_out(&embedder, probe, &diag_opts)?;
-        let s = sts_pairs.as_ref().map(|p| sts::evaluate(&embedder, p)).transpose()?;
-        let json = serde_json::to_string(&BeforeFiguresRef { diagnosis: &d, sts: &s }).map_err(|e| Error::Invalid(e.to_string()))?;
+        let s = sts_pairs
+            .as_ref()
+            .map(|p| sts::evaluate(&embedder, p))
+            .transpose()?;
+        let json = serde_json::to_string(&BeforeFiguresRef {
+            diagnosis: &d,
+            sts: &s,
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
         write_text(&before_path, &json)?;
         (d, s)
     };
 
     let started = std::time::Instant::now();
-    let mut trainer = Trainer::new(&embedder, &corpus, job.train.clone(), &job.out, sts_pairs.clone(), job.resume)?;
+    let mut trainer = Trainer::new(
+        &embedder,
+        &corpus,
+        job.train.clone(),
+        &job.out,
+        sts_pairs.clone(),
+        job.resume,
+    )?;
     let steps = trainer.total_steps();
     if let Outcome::Interrupted { step } = trainer.run(obs)? {
-        return Ok(FitOutcome::Interrupted { step, out: job.out.clone() });
+        return Ok(FitOutcome::Interrupted {
+            step,
+            out: job.out.clone(),
+        });
     }
     let train_seconds = started.elapsed().as_secs_f64();
     let saved_step = trainer.restore_best()?.unwrap_or(trainer.state().step);
@@ -180,7 +207,10 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
 
     obs.on_message("measuring the fine-tuned model…");
     let after = diagnose_held_out(&embedder, probe, &diag_opts)?;
-    let sts_after = sts_pairs.as_ref().map(|p| sts::evaluate(&embedder, p)).transpose()?;
+    let sts_after = sts_pairs
+        .as_ref()
+        .map(|p| sts::evaluate(&embedder, p))
+        .transpose()?;
     let report = FitReport {
         base_model: job.model.clone(),
         data: job.data.clone(),
@@ -220,7 +250,11 @@ fn named(mut d: Diagnosis, name: &str) -> Diagnosis {
     d
 }
 
-fn diagnose_held_out(embedder: &Embedder, probe: &[String], opts: &DiagnoseOptions) -> Result<Diagnosis> {
+fn diagnose_held_out(
+    embedder: &Embedder,
+    probe: &[String],
+    opts: &DiagnoseOptions,
+) -> Result<Diagnosis> {
     if probe.len() < 2 {
         return Err(Error::Invalid(
             "too few held-back sentences to measure the model (the corpus is too small)".into(),
@@ -239,23 +273,43 @@ fn model_card(r: &FitReport) -> String {
     );
     s += &format!(
         "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {:?} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {:?} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
-        r.base_model, r.data.display(), r.train_sentences, r.held_out_sentences, c.loss, r.pooling, r.max_len,
-        c.batch_size, c.lr, c.warmup_ratio * 100.0, c.adamw.weight_decay, c.max_grad_norm, r.steps, r.saved_step,
-        c.seed, r.train_seconds
+        r.base_model,
+        r.data.display(),
+        r.train_sentences,
+        r.held_out_sentences,
+        c.loss,
+        r.pooling,
+        r.max_len,
+        c.batch_size,
+        c.lr,
+        c.warmup_ratio * 100.0,
+        c.adamw.weight_decay,
+        c.max_grad_norm,
+        r.steps,
+        r.saved_step,
+        c.seed,
+        r.train_seconds
     );
     s += "## Before and after (held-back sentences)\n\n| metric | before | after |\n|---|---:|---:|\n";
     let rows = [
         ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
         ("uniformity", r.before.uniformity, r.after.uniformity),
         ("alignment", r.before.alignment, r.after.alignment),
-        ("effective_rank", r.before.effective_rank, r.after.effective_rank),
+        (
+            "effective_rank",
+            r.before.effective_rank,
+            r.after.effective_rank,
+        ),
         ("isoscore", r.before.isoscore, r.after.isoscore),
     ];
     for (k, b, a) in rows {
         s += &format!("| {k} | {b:.4} | {a:.4} |\n");
     }
     if let (Some(b), Some(a)) = (&r.sts_before, &r.sts_after) {
-        s += &format!("| STS Spearman ×100 | {:.2} | {:.2} |\n", b.spearman, a.spearman);
+        s += &format!(
+            "| STS Spearman ×100 | {:.2} | {:.2} |\n",
+            b.spearman, a.spearman
+        );
     }
     s += "\n## Use\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\n```\n\n```sh\nembedtune embed --model path/to/this/folder --data texts.txt --out vectors.npy\n```\n";
     s

@@ -61,7 +61,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AdamW { params, slots, t: 0 })
+        Ok(AdamW {
+            params,
+            slots,
+            t: 0,
+        })
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -74,7 +78,11 @@ impl AdamW {
         let mut total = 0f64;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
             }
         }
         let norm = total.sqrt();
@@ -175,14 +183,31 @@ mod tests {
         let var = Var::new(&[1.0f64, -2.0], &Device::Cpu).unwrap();
         let mut vars = HashMap::new();
         vars.insert("w".to_string(), var.clone());
-        let mut opt = AdamW::new(&vars, AdamWParams { weight_decay: 0.1, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            &vars,
+            AdamWParams {
+                weight_decay: 0.1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // loss = Σ w², gradient 2w.
-        let grads = var.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = var
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         opt.step(&grads, 0.5).unwrap();
         // First step: m̂ = g, v̂ = g², update = g/(|g| + eps) = sign(g).
         let w: Vec<f64> = var.as_tensor().to_vec1().unwrap();
         let expected = [1.0 * (1.0 - 0.05) - 0.5, -2.0 * (1.0 - 0.05) + 0.5];
-        assert!((w[0] - expected[0]).abs() < 1e-6 && (w[1] - expected[1]).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - expected[0]).abs() < 1e-6 && (w[1] - expected[1]).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -192,7 +217,10 @@ mod tests {
         vars.insert("w".to_string(), var.clone());
         let opt = AdamW::new(&vars, AdamWParams::default()).unwrap();
         // gradient of Σ w²/2 is w, norm 5.
-        let mut grads = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap().backward().unwrap();
+        let mut grads = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5)
+            .unwrap()
+            .backward()
+            .unwrap();
         let norm = opt.clip_grad_norm(&mut grads, Some(1.0)).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();

@@ -68,10 +68,15 @@ impl TrainConfig {
             )));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Invalid(format!("learning rate must be positive, got {}", self.lr)));
+            return Err(Error::Invalid(format!(
+                "learning rate must be positive, got {}",
+                self.lr
+            )));
         }
         if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
-            return Err(Error::Invalid("nothing to train: steps or epochs is 0".into()));
+            return Err(Error::Invalid(
+                "nothing to train: steps or epochs is 0".into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return Err(Error::Invalid("warm-up ratio must be in [0, 1)".into()));
@@ -146,7 +151,9 @@ impl Observer for Quiet {}
 pub enum Outcome {
     Completed,
     /// Stopped on request after a checkpoint at this step.
-    Interrupted { step: usize },
+    Interrupted {
+        step: usize,
+    },
 }
 
 pub struct Trainer<'a> {
@@ -175,14 +182,19 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         cfg.validate()?;
         let varmap = embedder.model().weights.varmap().ok_or_else(|| {
-            Error::Invalid("the model was loaded for inference; load it with `trainable: true`".into())
+            Error::Invalid(
+                "the model was loaded for inference; load it with `trainable: true`".into(),
+            )
         })?;
         let vars = varmap.data().lock().expect("varmap lock").clone();
         let mut optim = AdamW::new(&vars, cfg.adamw)?;
         let fingerprint = cfg.fingerprint(corpus);
         let state = if resume {
             let ckpt = checkpoint::latest(out)?.ok_or_else(|| {
-                Error::Invalid(format!("--resume: no checkpoint in {}", checkpoint::checkpoints_dir(out).display()))
+                Error::Invalid(format!(
+                    "--resume: no checkpoint in {}",
+                    checkpoint::checkpoints_dir(out).display()
+                ))
             })?;
             if ckpt.state.fingerprint != fingerprint {
                 return Err(Error::Invalid(format!(
@@ -191,8 +203,15 @@ impl<'a> Trainer<'a> {
                 )));
             }
             load_weights(&vars, &ckpt.model_path(), embedder)?;
-            optim.load(&ckpt.optimizer_path(), ckpt.state.step as u64, embedder.device())?;
-            embedder.model().encoder.set_rng_state(ckpt.state.dropout_rng.clone());
+            optim.load(
+                &ckpt.optimizer_path(),
+                ckpt.state.step as u64,
+                embedder.device(),
+            )?;
+            embedder
+                .model()
+                .encoder
+                .set_rng_state(ckpt.state.dropout_rng.clone());
             ckpt.state
         } else {
             embedder.model().encoder.set_seed(cfg.seed);
@@ -276,7 +295,8 @@ impl<'a> Trainer<'a> {
                 }
             }
             self.state.consumed += texts.len();
-            let exhausted = texts.len() < self.cfg.batch_size || self.state.consumed >= self.corpus.train_len;
+            let exhausted =
+                texts.len() < self.cfg.batch_size || self.state.consumed >= self.corpus.train_len;
             if exhausted {
                 self.state.epoch += 1;
                 self.state.consumed = 0;
@@ -291,7 +311,12 @@ impl<'a> Trainer<'a> {
 
     fn train_step(&mut self, texts: &[String], obs: &mut dyn Observer) -> Result<StepRecord> {
         let next = self.state.step + 1;
-        let lr = linear_schedule(self.state.step, self.warmup_steps, self.total_steps, self.cfg.lr);
+        let lr = linear_schedule(
+            self.state.step,
+            self.warmup_steps,
+            self.total_steps,
+            self.cfg.lr,
+        );
         let out = &self.out;
         let r = train_step(
             self.embedder,
@@ -337,7 +362,13 @@ impl<'a> Trainer<'a> {
     /// weights by Spearman. Leaves the dropout RNG as it found it.
     fn evaluate(&mut self) -> Result<EvalRecord> {
         let e = self.embedder;
-        let held: Vec<String> = self.corpus.held_out.iter().take(self.cfg.eval_holdout).cloned().collect();
+        let held: Vec<String> = self
+            .corpus
+            .held_out
+            .iter()
+            .take(self.cfg.eval_holdout)
+            .cloned()
+            .collect();
         let (mut alignment, mut uniformity) = (f64::NAN, f64::NAN);
         if held.len() >= 2 {
             let emb = e.embed_batches(&held, false, false, &mut |_, _| Ok(()))?;
@@ -354,7 +385,8 @@ impl<'a> Trainer<'a> {
             self.state.best_spearman = Some(s);
             self.state.best_step = Some(self.state.step);
             let path = checkpoint::best_model_path(&self.out);
-            std::fs::create_dir_all(path.parent().expect("has parent")).map_err(|err| Error::io(&path, err))?;
+            std::fs::create_dir_all(path.parent().expect("has parent"))
+                .map_err(|err| Error::io(&path, err))?;
             crate::output::model_folder::save_safetensors(&path, &self.canonical_weights()?)?;
         }
         Ok(EvalRecord {
@@ -366,8 +398,20 @@ impl<'a> Trainer<'a> {
 
     /// Current weights under canonical names (checkpoint form).
     fn canonical_weights(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
-        let vars = self.embedder.model().weights.varmap().expect("trainable").data().lock().expect("varmap lock").clone();
-        Ok(vars.into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect())
+        let vars = self
+            .embedder
+            .model()
+            .weights
+            .varmap()
+            .expect("trainable")
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .clone();
+        Ok(vars
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect())
     }
 
     fn checkpoint(&mut self) -> Result<()> {
@@ -389,7 +433,16 @@ impl<'a> Trainer<'a> {
         let path = checkpoint::best_model_path(&self.out);
         match self.state.best_step {
             Some(step) if path.is_file() => {
-                let vars = self.embedder.model().weights.varmap().expect("trainable").data().lock().expect("varmap lock").clone();
+                let vars = self
+                    .embedder
+                    .model()
+                    .weights
+                    .varmap()
+                    .expect("trainable")
+                    .data()
+                    .lock()
+                    .expect("varmap lock")
+                    .clone();
                 load_weights(&vars, &path, self.embedder)?;
                 Ok(Some(step))
             }
@@ -424,7 +477,9 @@ pub fn train_step(
     let b = texts.len();
     let encoded = embedder.tokenizer().encode_all(texts)?;
     let twice: Vec<_> = encoded.iter().chain(&encoded).cloned().collect();
-    let batch = embedder.tokenizer().pad(&twice, (0..2 * b).collect(), embedder.device())?;
+    let batch = embedder
+        .tokenizer()
+        .pad(&twice, (0..2 * b).collect(), embedder.device())?;
     let output = embedder.model().encoder.forward(&batch, true)?;
     let pooled = embedder.pooling().pool(&output, &batch.attention_mask)?;
     let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
@@ -468,7 +523,10 @@ fn open_log(out: &Path, step: usize, resume: bool) -> Result<std::fs::File> {
         String::new()
     };
     std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
-    std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))
 }
 
 fn load_weights(
@@ -495,5 +553,9 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// dropped: it cannot form pairs).
 pub fn steps_per_epoch(n: usize, batch: usize) -> usize {
     let full = n / batch;
-    if n % batch >= 2 { full + 1 } else { full.max(1) }
+    if n % batch >= 2 {
+        full + 1
+    } else {
+        full.max(1)
+    }
 }

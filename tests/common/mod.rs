@@ -15,9 +15,15 @@ pub fn test_model() -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("test model not found at {} (set EMBEDTUNE_TEST_MODEL)", path.display());
+        panic!(
+            "test model not found at {} (set EMBEDTUNE_TEST_MODEL)",
+            path.display()
+        );
     }
-    eprintln!("skipping: test model not found at {} (set EMBEDTUNE_TEST_MODEL)", path.display());
+    eprintln!(
+        "skipping: test model not found at {} (set EMBEDTUNE_TEST_MODEL)",
+        path.display()
+    );
     None
 }
 
@@ -65,7 +71,10 @@ pub fn embedtune(args: &[&str]) -> Output {
 /// Asserts a clean failure: non-zero exit, one line on stderr, no panic.
 pub fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");

@@ -28,7 +28,12 @@ pub fn init_weights(
         out.push((name, t));
         Ok(())
     };
-    normal(&mut out, "embeddings.word_embeddings.weight".into(), &[config.vocab_size, h], &mut rng)?;
+    normal(
+        &mut out,
+        "embeddings.word_embeddings.weight".into(),
+        &[config.vocab_size, h],
+        &mut rng,
+    )?;
     normal(
         &mut out,
         "embeddings.position_embeddings.weight".into(),
@@ -55,8 +60,16 @@ pub fn init_weights(
         norms.push(format!("{p}.output.LayerNorm"));
     }
     for (name, fan_in, fan_out) in linears {
-        normal(&mut out, format!("{name}.weight"), &[fan_out, fan_in], &mut rng)?;
-        out.push((format!("{name}.bias"), Tensor::zeros(fan_out, dtype, device)?));
+        normal(
+            &mut out,
+            format!("{name}.weight"),
+            &[fan_out, fan_in],
+            &mut rng,
+        )?;
+        out.push((
+            format!("{name}.bias"),
+            Tensor::zeros(fan_out, dtype, device)?,
+        ));
     }
     for name in norms {
         out.push((format!("{name}.weight"), Tensor::ones(h, dtype, device)?));

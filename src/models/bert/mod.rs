@@ -93,7 +93,9 @@ impl SelfAttention {
         let (b, t, h) = x.dims3()?;
         let hd = h / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
@@ -102,10 +104,7 @@ impl SelfAttention {
         let scores = scores.broadcast_add(mask_bias)?;
         let probs = crate::layers::fused::softmax_last_dim(&scores)?;
         let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, h))?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let y = self.output.forward(&context)?;
         let y = self.hidden_dropout.forward(&y, rng)?;
         self.layer_norm.forward(&y.add(x)?)

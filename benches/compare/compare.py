@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Side by side: PyTorch + transformers against embedtune on the same model,
+sentences, batch size (64) and max length (32), in alternation, medians of
+several rounds. A benchmark, not a test: CI does not run it.
+
+Setup (once):
+  python3 -m venv .venv-ref && .venv-ref/bin/pip install -r scripts/reference/requirements.txt
+  cargo build --release --example throughput            # or --features mkl, see README
+Run:
+  .venv-ref/bin/python benches/compare/compare.py [--model DIR] [--data FILE] [--rounds 3]
+
+PyTorch runs with as many threads as embedtune (torch.set_num_threads).
+"""
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def torch_worker(args):
+    """Runs one PyTorch measurement in this process and prints JSON."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    texts = [l.strip() for l in open(args.data, encoding="utf-8") if l.strip()]
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModel.from_pretrained(args.model, dtype=torch.float32)
+
+    def batches(ts):
+        for i in range(0, len(ts), 64):
+            yield tok(ts[i:i + 64], padding=True, truncation=True, max_length=32, return_tensors="pt")
+
+    if args.mode == "embed":
+        model.eval()
+        texts = texts[: args.n]
+        with torch.no_grad():
+            model(**next(batches(texts[:64])))
+            start = time.perf_counter()
+            for b in batches(texts):
+                model(**b).last_hidden_state[:, 0]
+            seconds = time.perf_counter() - start
+        n = len(texts)
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+
+        def step(batch_texts):
+            b = tok(batch_texts + batch_texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+            z = torch.nn.functional.normalize(model(**b).last_hidden_state[:, 0], dim=-1)
+            x, y = z[:64], z[64:]
+            align = (x - y).norm(dim=1).pow(2).mean()
+            unif = lambda v: torch.pdist(v, p=2).pow(2).mul(-2).exp().mean().log()
+            loss = align + (unif(x) + unif(y)) / 2
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        step(texts[:64])
+        start = time.perf_counter()
+        for s in range(args.n):
+            i = (s + 1) * 64 % (len(texts) - 64)
+            step(texts[i:i + 64])
+        seconds = time.perf_counter() - start
+        n = args.n * 64
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"impl": "pytorch", "mode": args.mode, "sentences": n, "seconds": seconds,
+                      "sentences_per_s": n / seconds, "peak_rss_mib": peak}))
+
+
+def run(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT / "../shared/models/all-MiniLM-L6-v2"))
+    ap.add_argument("--data", default=str(ROOT / "../shared/data/books/melville-moby_dick.txt"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--embed-sentences", type=int, default=1024)
+    ap.add_argument("--train-steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--embedtune", default=str(ROOT / "target/release/examples/throughput"))
+    ap.add_argument("--worker", choices=["embed", "train"])
+    ap.add_argument("--n", type=int)
+    ap.add_argument("--mode")
+    args = ap.parse_args()
+    if args.worker:
+        args.mode = args.worker
+        return torch_worker(args)
+
+    results = {}
+    for mode, n in [("embed", args.embed_sentences), ("train", args.train_steps)]:
+        for r in range(args.rounds):
+            # Alternate which side goes first, so drift hits both alike.
+            order = ["embedtune", "pytorch"] if r % 2 == 0 else ["pytorch", "embedtune"]
+            for impl in order:
+                if impl == "pytorch":
+                    res = run([sys.executable, __file__, "--worker", mode, "--n", str(n), "--model", args.model,
+                               "--data", args.data, "--threads", str(args.threads)])
+                else:
+                    res = run([args.embedtune, args.model, args.data, mode, str(n)],
+                              env={**os.environ, "RAYON_NUM_THREADS": str(args.threads)})
+                results.setdefault((mode, impl), []).append(res)
+                print(f"{mode:5} {impl:9} round {r + 1}: {res['sentences_per_s']:7.1f} sentences/s, "
+                      f"peak {res['peak_rss_mib']:.0f} MiB", flush=True)
+    print("\n| workload | PyTorch sent/s | embedtune sent/s | ratio | PyTorch peak MiB | embedtune peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode in ["embed", "train"]:
+        med = {i: statistics.median(r["sentences_per_s"] for r in results[(mode, i)]) for i in ["pytorch", "embedtune"]}
+        mem = {i: max(r["peak_rss_mib"] for r in results[(mode, i)]) for i in ["pytorch", "embedtune"]}
+        print(f"| {mode} | {med['pytorch']:.1f} | {med['embedtune']:.1f} | {med['embedtune'] / med['pytorch']:.2f}× "
+              f"| {mem['pytorch']:.0f} | {mem['embedtune']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+//! Measures embedtune's embedding or training throughput on a text file, for
+//! benches/compare/compare.py (which runs PyTorch on the same inputs).
+//!
+//! cargo run --release --example throughput -- MODEL FILE embed|train [N_SENTENCES|N_STEPS]
+//! Prints one JSON line: sentences_per_s, seconds, peak_rss_mib.
+
+use std::time::Instant;
+
+use embedtune::losses::LossConfig;
+use embedtune::training::optim::{AdamW, AdamWParams};
+use embedtune::training::trainer::train_step;
+use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling, source};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, model, file, mode, rest @ ..] = args.as_slice() else {
+        anyhow::bail!("usage: throughput MODEL FILE embed|train [N]");
+    };
+    let texts = source::read_texts(file.as_ref(), "text")?.texts;
+    let train = mode == "train";
+    let embedder = Embedder::from_pretrained(
+        model,
+        EmbedderOptions {
+            pooling: Some(Pooling::Cls),
+            max_len: Some(32),
+            batch_size: 64,
+            device: DeviceSpec::Cpu,
+            trainable: train,
+            ..Default::default()
+        },
+    )?;
+    let (sentences, seconds) = if train {
+        let steps: usize = rest.first().map_or(Ok(5), |s| s.parse())?;
+        let vars = embedder
+            .model()
+            .weights
+            .varmap()
+            .expect("trainable")
+            .data()
+            .lock()
+            .unwrap()
+            .clone();
+        let mut optim = AdamW::new(&vars, AdamWParams::default())?;
+        let cfg = LossConfig::align_uniform();
+        // One warm-up step, not timed.
+        train_step(
+            &embedder,
+            &mut optim,
+            &texts[..64],
+            &cfg,
+            1e-5,
+            Some(1.0),
+            &mut |l| Ok(l),
+        )?;
+        let start = Instant::now();
+        for s in 0..steps {
+            let batch = &texts[(s + 1) * 64 % (texts.len() - 64)..][..64];
+            train_step(
+                &embedder,
+                &mut optim,
+                batch,
+                &cfg,
+                1e-5,
+                Some(1.0),
+                &mut |l| Ok(l),
+            )?;
+        }
+        (steps * 64, start.elapsed().as_secs_f64())
+    } else {
+        let n: usize = rest.first().map_or(Ok(texts.len()), |s| s.parse())?;
+        let texts = &texts[..n.min(texts.len())];
+        embedder.embed_all(&texts[..64.min(texts.len())], &mut |_| {})?;
+        let start = Instant::now();
+        embedder.embed_all(texts, &mut |_| {})?;
+        (texts.len(), start.elapsed().as_secs_f64())
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "embedtune", "mode": mode, "sentences": sentences, "seconds": seconds,
+            "sentences_per_s": sentences as f64 / seconds, "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+    Ok(())
+}
