@@ -272,7 +272,7 @@ fn model_card(r: &FitReport) -> String {
         loss_name(&c.loss)
     );
     s += &format!(
-        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {:?} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {:?} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
+        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
         r.base_model,
         r.data.display(),
         r.train_sentences,
@@ -313,6 +313,20 @@ fn model_card(r: &FitReport) -> String {
     }
     s += "\n## Use\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\n```\n\n```sh\nembedtune embed --model path/to/this/folder --data texts.txt --out vectors.npy\n```\n";
     s
+}
+
+fn loss_terms(l: &crate::losses::LossConfig) -> String {
+    let mut terms = Vec::new();
+    if l.w_align != 0.0 {
+        terms.push(format!("{} × align (α = {})", l.w_align, l.alpha));
+    }
+    if l.w_uniform != 0.0 {
+        terms.push(format!("{} × uniform (t = {})", l.w_uniform, l.t));
+    }
+    if l.w_info_nce != 0.0 {
+        terms.push(format!("{} × InfoNCE (τ = {})", l.w_info_nce, l.tau));
+    }
+    terms.join(" + ")
 }
 
 fn loss_name(l: &crate::losses::LossConfig) -> &'static str {
