@@ -125,7 +125,7 @@ pub fn diagnose(
     let raw = Spectrum::of(pooled, true)?;
     let uncentered = Spectrum::of(&unit, false)?;
     let alignment_texts = sample(&texts, Some(opts.alignment_samples), &mut rng);
-    let (alignment, alignment_n) = if alignment_texts.len() >= 1 {
+    let (alignment, alignment_n) = if !alignment_texts.is_empty() {
         (
             dropout_alignment(embedder, &alignment_texts, opts.seed)?,
             alignment_texts.len(),

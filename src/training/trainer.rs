@@ -266,15 +266,16 @@ impl<'a> Trainer<'a> {
             record.sentences_per_s = texts.len() as f64 / started.elapsed().as_secs_f64();
             let step = self.state.step;
             let last = step == self.total_steps;
-            if self.cfg.eval_every > 0 && (step % self.cfg.eval_every == 0 || last) {
+            if self.cfg.eval_every > 0 && (step.is_multiple_of(self.cfg.eval_every) || last) {
                 record.eval = Some(self.evaluate()?);
             }
-            if record.eval.is_some() || step % self.cfg.log_every.max(1) == 0 || last {
+            if record.eval.is_some() || step.is_multiple_of(self.cfg.log_every.max(1)) || last {
                 self.log_record(&record)?;
             }
             obs.on_step(&record);
             let stop = obs.should_stop();
-            if (self.cfg.save_every > 0 && step % self.cfg.save_every == 0) || stop || last {
+            if (self.cfg.save_every > 0 && step.is_multiple_of(self.cfg.save_every)) || stop || last
+            {
                 self.checkpoint()?;
             }
             if stop && !last {
