@@ -46,7 +46,7 @@ fn hand_computed_values() {
     let neg = t(&[&[-1.0, 0.0], &[0.0, -1.0]]);
     assert!((scalar(align(&e1, &neg, 1.0).unwrap()) - 2.0).abs() < 1e-6);
     // InfoNCE with orthogonal pairs: −1/τ + log(e^{1/τ} + 1).
-    let tau = 0.05;
+    let tau: f64 = 0.05;
     let expected = -1.0 / tau + ((1.0 / tau).exp() + 1.0).ln();
     assert!((scalar(info_nce(&e1, &e1, tau).unwrap()) - expected).abs() < 1e-9);
     // A collapsed set: every distance 0, uniform = log 1 = 0.
