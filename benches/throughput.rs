@@ -63,15 +63,7 @@ fn embed_256_sentences(bencher: divan::Bencher) {
 #[divan::bench(sample_count = 3)]
 fn train_step_batch_64(bencher: divan::Bencher) {
     let e = embedder(true);
-    let vars = e
-        .model()
-        .weights
-        .varmap()
-        .unwrap()
-        .data()
-        .lock()
-        .unwrap()
-        .clone();
+    let vars = e.model().weights.vars();
     let mut optim = AdamW::new(&vars, AdamWParams::default()).unwrap();
     let texts = sentences(64);
     let cfg = LossConfig::align_uniform();

@@ -42,15 +42,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let (sentences, seconds) = if train {
         let steps: usize = rest.first().map_or(Ok(5), |s| s.parse())?;
-        let vars = embedder
-            .model()
-            .weights
-            .varmap()
-            .expect("trainable")
-            .data()
-            .lock()
-            .unwrap()
-            .clone();
+        let vars = embedder.model().weights.vars();
         let mut optim = AdamW::new(&vars, AdamWParams::default())?;
         let cfg = LossConfig::align_uniform();
         // One warm-up step, not timed.

@@ -94,6 +94,15 @@ impl Weights {
         self.varmap.as_ref()
     }
 
+    /// The trainable variables by canonical name (empty for an immutable
+    /// load).
+    pub fn vars(&self) -> std::collections::HashMap<String, Var> {
+        self.varmap
+            .as_ref()
+            .map(|v| v.data().lock().expect("varmap lock").clone())
+            .unwrap_or_default()
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

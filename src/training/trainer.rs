@@ -181,12 +181,12 @@ impl<'a> Trainer<'a> {
         resume: bool,
     ) -> Result<Self> {
         cfg.validate()?;
-        let varmap = embedder.model().weights.varmap().ok_or_else(|| {
-            Error::Invalid(
+        let vars = embedder.model().weights.vars();
+        if vars.is_empty() {
+            return Err(Error::Invalid(
                 "the model was loaded for inference; load it with `trainable: true`".into(),
-            )
-        })?;
-        let vars = varmap.data().lock().expect("varmap lock").clone();
+            ));
+        }
         let mut optim = AdamW::new(&vars, cfg.adamw)?;
         let fingerprint = cfg.fingerprint(corpus);
         let state = if resume {
@@ -399,16 +399,7 @@ impl<'a> Trainer<'a> {
 
     /// Current weights under canonical names (checkpoint form).
     fn canonical_weights(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
-        let vars = self
-            .embedder
-            .model()
-            .weights
-            .varmap()
-            .expect("trainable")
-            .data()
-            .lock()
-            .expect("varmap lock")
-            .clone();
+        let vars = self.embedder.model().weights.vars();
         Ok(vars
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
@@ -434,16 +425,7 @@ impl<'a> Trainer<'a> {
         let path = checkpoint::best_model_path(&self.out);
         match self.state.best_step {
             Some(step) if path.is_file() => {
-                let vars = self
-                    .embedder
-                    .model()
-                    .weights
-                    .varmap()
-                    .expect("trainable")
-                    .data()
-                    .lock()
-                    .expect("varmap lock")
-                    .clone();
+                let vars = self.embedder.model().weights.vars();
                 load_weights(&vars, &path, self.embedder)?;
                 Ok(Some(step))
             }
