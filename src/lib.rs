@@ -2,8 +2,10 @@
 //!
 //! The data flow, one module per stage:
 //! text [`source`] → [`tokenize`] (batches) → encoder ([`models`], built from
-//! [`layers`]) → [`pooling`] → [`output`] writers, with [`inference`]'s
-//! [`Embedder`] tying the inference path together.
+//! [`layers`]) → [`pooling`] → either [`losses`] and [`training`] (`fit`), or
+//! [`metrics`], [`diagnose`], [`sts`] and [`report`] → [`output`] (embedding
+//! files, model folders). [`inference`]'s [`Embedder`] ties the inference
+//! path together.
 
 pub mod device;
 pub mod diagnose;
