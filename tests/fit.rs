@@ -376,3 +376,62 @@ fn hub_datasets_are_read_from_the_cache() {
     assert!(String::from_utf8_lossy(&res.stderr).contains("training sentences, 20 held back"));
     assert_eq!(log(&out).len(), 2);
 }
+
+#[test]
+fn eval_sts_keeps_the_best_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 300);
+    // A small STS file in the STS-benchmark layout, scores from word overlap.
+    let mut rng = Rng::new(11);
+    let mut rows = String::new();
+    for i in 0..40 {
+        let a: Vec<&str> = (0..5)
+            .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+            .collect();
+        let mut b = a.clone();
+        let changed = i % 5;
+        for w in b.iter_mut().take(changed) {
+            *w = WORDS[rng.below(WORDS.len() as u64) as usize];
+        }
+        rows += &format!(
+            "g\tf\t2020\t{i:04}\t{}\t{}\t{}\n",
+            5 - changed,
+            a.join(" "),
+            b.join(" ")
+        );
+    }
+    let sts = dir.path().join("sts.csv");
+    std::fs::write(&sts, rows).unwrap();
+    let out = dir.path().join("out");
+    let j = FitJob {
+        eval_sts: Some(sts),
+        ..job(&model, &data, &out, 12)
+    };
+    let FitOutcome::Done(report) = training::fit(&j, &mut Quiet).unwrap() else {
+        panic!()
+    };
+    let evals: Vec<(u64, f64)> = log(&out)
+        .iter()
+        .filter_map(|r| Some((r["step"].as_u64()?, r["eval"]["sts_spearman"].as_f64()?)))
+        .collect();
+    assert_eq!(evals.len(), 3, "steps 4, 8, 12");
+    let best = evals
+        .iter()
+        .cloned()
+        .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+    assert_eq!(report.saved_step as u64, best.0);
+    // The saved model scores what the best evaluation scored.
+    let after = report.sts_after.unwrap().spearman;
+    assert!(
+        (after - best.1).abs() < 1e-3,
+        "saved model {after} vs best {}",
+        best.1
+    );
+    assert!(report.sts_before.is_some());
+    assert!(
+        std::fs::read_to_string(out.join("README.md"))
+            .unwrap()
+            .contains("STS Spearman")
+    );
+}
