@@ -5,25 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_clean_error, embedtune};
-
-/// A copy of the model folder (files linked) without `skip`, plus `extra`.
-fn model_variant(model: &Path, dir: &Path, skip: &[&str], extra: &[(&str, Vec<u8>)]) -> PathBuf {
-    let out = dir.join("model");
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(model).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if skip.contains(&name.as_str()) || extra.iter().any(|(n, _)| *n == name) {
-            continue;
-        }
-        std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), out.join(&name)).unwrap();
-    }
-    for (name, bytes) in extra {
-        std::fs::write(out.join(name), bytes).unwrap();
-    }
-    out
-}
+use common::{assert_clean_error, embedtune, model_variant};
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let p = dir.join(name);

@@ -39,20 +39,6 @@ fn embed(model: &str, env: &[(&str, &Path)], dir: &Path, tag: &str) -> Result<St
     Ok(std::fs::read_to_string(out).unwrap())
 }
 
-/// Copies (links) a model folder, replacing or dropping some files.
-fn variant(model: &Path, out: &Path, skip: &[&str]) -> PathBuf {
-    std::fs::create_dir_all(out).unwrap();
-    for entry in std::fs::read_dir(model).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if !skip.contains(&name.as_str()) {
-            std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), out.join(&name))
-                .unwrap();
-        }
-    }
-    out.to_path_buf()
-}
-
 #[test]
 fn hub_ids_resolve_from_the_cache_offline() {
     let Some(model) = common::test_model() else {
@@ -65,7 +51,7 @@ fn hub_ids_resolve_from_the_cache_offline() {
     let cache = dir.path().join("hub");
     let repo = cache.join("models--acme--minilm");
     let commit = "0123456789abcdef0123456789abcdef01234567";
-    variant(&model, &repo.join("snapshots").join(commit), &[]);
+    common::model_variant(&model, &repo.join("snapshots").join(commit), &[], &[]);
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), commit).unwrap();
 
@@ -104,7 +90,12 @@ fn vocab_txt_tokenizer_matches_tokenizer_json() {
     };
     let dir = tempfile::tempdir().unwrap();
     let reference = embed(model.to_str().unwrap(), &[], dir.path(), "json").unwrap();
-    let vocab_only = variant(&model, &dir.path().join("vocab-only"), &["tokenizer.json"]);
+    let vocab_only = common::model_variant(
+        &model,
+        &dir.path().join("vocab-only"),
+        &["tokenizer.json"],
+        &[],
+    );
     assert_eq!(
         embed(vocab_only.to_str().unwrap(), &[], dir.path(), "vocab").unwrap(),
         reference
@@ -118,7 +109,12 @@ fn bert_prefix_and_legacy_layer_norm_names_load() {
     };
     let dir = tempfile::tempdir().unwrap();
     let reference = embed(model.to_str().unwrap(), &[], dir.path(), "plain").unwrap();
-    let legacy = variant(&model, &dir.path().join("legacy"), &["model.safetensors"]);
+    let legacy = common::model_variant(
+        &model,
+        &dir.path().join("legacy"),
+        &["model.safetensors"],
+        &[],
+    );
     let tensors =
         candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
     let mut renamed: HashMap<String, Tensor> = tensors

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The real model the heavier tests use: `EMBEDTUNE_TEST_MODEL`, else
@@ -83,4 +83,27 @@ pub fn assert_clean_error(out: &Output, needle: &str) {
         lines[0].to_lowercase().contains(&needle.to_lowercase()),
         "`{needle}` not in: {stderr}"
     );
+}
+
+/// A copy of a model folder at `out` (files linked) without `skip`, with
+/// `extra` files written in place of (or beside) the originals.
+pub fn model_variant(
+    model: &Path,
+    out: &Path,
+    skip: &[&str],
+    extra: &[(&str, Vec<u8>)],
+) -> PathBuf {
+    std::fs::create_dir_all(out).unwrap();
+    for entry in std::fs::read_dir(model).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if skip.contains(&name.as_str()) || extra.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), out.join(&name)).unwrap();
+    }
+    for (name, bytes) in extra {
+        std::fs::write(out.join(name), bytes).unwrap();
+    }
+    out.to_path_buf()
 }
