@@ -81,6 +81,23 @@ fn softmax_forward_and_backward_match_the_composition() {
 }
 
 #[test]
+fn gelu_forward_and_backward_match_candle() {
+    let x = Var::from_tensor(&random(&[6, 333], 8, 2.5, 0.0)).unwrap();
+    let w = random(&[6, 333], 9, 1.0, 0.0);
+    let f = fused::gelu_erf(&x).unwrap();
+    let c = x.as_tensor().gelu_erf().unwrap();
+    assert!(max_diff(&f, &c) < 1e-5);
+    let gf = f.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gc = c.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(
+        max_diff(
+            gf.get(x.as_tensor()).unwrap(),
+            gc.get(x.as_tensor()).unwrap()
+        ) < 1e-5
+    );
+}
+
+#[test]
 fn other_dtypes_take_the_fallback() {
     // f64 goes through candle's ops and still has a backward pass.
     let x = Var::from_tensor(

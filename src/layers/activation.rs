@@ -26,7 +26,7 @@ impl Activation {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Gelu => x.gelu_erf()?,
+            Activation::Gelu => super::fused::gelu_erf(x)?,
             Activation::GeluTanh => x.gelu()?,
             Activation::Relu => x.relu()?,
         })

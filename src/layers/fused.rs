@@ -257,3 +257,89 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// Exact (erf) GELU, `x · Φ(x)`.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        return Ok(x.contiguous()?.apply_op1(GeluOp)?);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7, below f32's
+/// resolution of GELU's output); libm's erff dominated GELU's cost.
+fn erf(x: f32) -> f32 {
+    let (p, a1, a2, a3, a4, a5) = (
+        0.327_591_1,
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152,
+        1.061_405_4,
+    );
+    let s = x.signum();
+    let x = x.abs();
+    let t = 1.0 / (1.0 + p * x);
+    let poly = ((((a5 * t + a4) * t + a3) * t + a2) * t + a1) * t;
+    s * (1.0 - poly * (-x * x).exp())
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+struct GeluOp;
+
+impl candle_core::CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "embedtune-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu input")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(o, xs)| {
+                for (oi, &v) in o.iter_mut().zip(xs) {
+                    *oi = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBwdOp)?))
+    }
+}
+
+struct GeluBwdOp;
+
+impl candle_core::CustomOp2 for GeluBwdOp {
+    fn name(&self) -> &'static str {
+        "embedtune-gelu-erf-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "gelu input")?;
+        let g = f32_slice(s2, l2, "gelu gradient")?;
+        let mut out = vec![0f32; x.len()];
+        // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
+            .for_each(|(o, (xs, gs))| {
+                for ((oi, &v), &gi) in o.iter_mut().zip(xs).zip(gs) {
+                    let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                    *oi = gi * (cdf + v * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
