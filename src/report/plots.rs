@@ -149,9 +149,10 @@ impl Chart {
         );
     }
 
-    fn legend(&mut self, labels: &[(String, &str)]) {
-        for (i, (label, color)) in labels.iter().enumerate() {
-            let y = T + 16.0 + 16.0 * i as f64;
+    /// One coloured entry per diagnosis, in plotting order.
+    fn legend(&mut self, ds: &[&Diagnosis]) {
+        for (i, d) in ds.iter().enumerate() {
+            let (y, color) = (T + 16.0 + 16.0 * i as f64, COLORS[i % 2]);
             let _ = writeln!(
                 self.svg,
                 "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{}</text>",
@@ -159,7 +160,7 @@ impl Chart {
                 y - 10.0,
                 L + 28.0,
                 y,
-                esc(label)
+                esc(&label(d))
             );
         }
     }
@@ -225,12 +226,7 @@ fn histogram(ds: &[&Diagnosis]) -> String {
             );
         }
     }
-    let labels: Vec<(String, &str)> = ds
-        .iter()
-        .enumerate()
-        .map(|(k, d)| (label(d), COLORS[k % 2]))
-        .collect();
-    c.legend(&labels);
+    c.legend(ds);
     c.finish()
 }
 
@@ -270,12 +266,7 @@ fn layers(ds: &[&Diagnosis]) -> String {
             );
         }
     }
-    let labels: Vec<(String, &str)> = ds
-        .iter()
-        .enumerate()
-        .map(|(k, d)| (label(d), COLORS[k % 2]))
-        .collect();
-    c.legend(&labels);
+    c.legend(ds);
     c.finish()
 }
 
