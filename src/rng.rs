@@ -67,11 +67,6 @@ impl Rng {
             items.swap(i, j);
         }
     }
-
-    /// An independent generator derived from this one (for a separate stream).
-    pub fn fork(&mut self) -> Rng {
-        Rng::new(self.next_u64())
-    }
 }
 
 #[cfg(test)]

@@ -68,10 +68,6 @@ impl AdamW {
         })
     }
 
-    pub fn steps_taken(&self) -> u64 {
-        self.t
-    }
-
     /// The global L2 norm of the gradients; when above `max_norm`, every
     /// gradient is scaled down to that norm (as torch's clip_grad_norm_).
     pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: Option<f64>) -> Result<f64> {
