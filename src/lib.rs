@@ -11,6 +11,7 @@ pub mod device;
 pub mod diagnose;
 pub mod error;
 pub mod inference;
+pub mod kernels;
 pub mod layers;
 pub mod losses;
 pub mod metrics;

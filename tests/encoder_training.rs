@@ -207,3 +207,106 @@ fn eval_mode_is_deterministic_and_dropout_free() {
         "fused vs differentiable path differ by {worst}"
     );
 }
+
+/// A loss that reads two hidden states (first-last-avg) and the last one
+/// (CLS), so gradients enter the encoder at more than one layer.
+fn loss_of(out: &embedtune::models::EncoderOutput, batch: &Batch) -> Tensor {
+    let fla = Pooling::FirstLastAvg
+        .pool(out, &batch.attention_mask)
+        .unwrap();
+    let cls = Pooling::Cls.pool(out, &batch.attention_mask).unwrap();
+    let (b, h) = cls.dims2().unwrap();
+    let r: Vec<f32> = (0..b * h)
+        .map(|k| ((k * 7919) % 13) as f32 / 13.0 - 0.4)
+        .collect();
+    let r = Tensor::from_vec(r, (b, h), &Device::Cpu).unwrap();
+    (fla.mul(&r).unwrap().sum_all().unwrap() + cls.sqr().unwrap().sum_all().unwrap()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn cpu_training_pass_matches_the_candle_graph() {
+    let model = tiny_model(DType::F32, true);
+    let mut batch = batch();
+    // A second segment in one row, so token-type gradients are exercised.
+    let mut types = vec![0u32; 3 * 7];
+    types[2 * 7 + 4..2 * 7 + 7].fill(1);
+    batch.token_type_ids = Tensor::from_vec(types, (3, 7), &Device::Cpu).unwrap();
+
+    model.encoder.set_seed(21);
+    let graph_out = model.encoder.forward(&batch, true).unwrap();
+    let graph_loss = loss_of(&graph_out, &batch);
+    let graph_grads = graph_loss.backward().unwrap();
+    let rng_after_graph = model.encoder.rng_state();
+
+    model.encoder.set_seed(21);
+    let pass = model
+        .encoder
+        .forward_train(&batch)
+        .unwrap()
+        .expect("f32 on the CPU has a hand-written pass");
+    // Same dropout masks: the same number of draws, the same outputs.
+    assert_eq!(model.encoder.rng_state(), rng_after_graph);
+    for (a, b) in graph_out
+        .hidden_states
+        .iter()
+        .zip(&pass.output().hidden_states)
+    {
+        assert!(max_abs_diff(a, b) < 1e-5, "hidden states differ");
+    }
+    let cpu_loss = loss_of(pass.output(), &batch);
+    let mut cpu_grads = cpu_loss.backward().unwrap();
+    pass.backward(&mut cpu_grads).unwrap();
+    let (gl, cl) = (
+        graph_loss.to_scalar::<f32>().unwrap(),
+        cpu_loss.to_scalar::<f32>().unwrap(),
+    );
+    assert!((gl - cl).abs() < 1e-4 * gl.abs().max(1.0), "{gl} vs {cl}");
+
+    for (name, var) in vars(&model) {
+        let g = graph_grads.get(var.as_tensor()).unwrap();
+        let c = cpu_grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("CPU pass gave no gradient for {name}"));
+        assert_eq!(g.shape(), c.shape(), "{name}");
+        let scale = g
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = max_abs_diff(g, c);
+        assert!(
+            diff <= 1e-4 * scale.max(1e-3),
+            "{name}: max |graph − cpu| = {diff:e} (largest gradient {scale:e})"
+        );
+    }
+}
+
+#[test]
+fn cpu_inference_path_matches_the_candle_graph() {
+    // Immutable weights run the plain-CPU path; trainable ones the graph.
+    let fast = tiny_model(DType::F32, false);
+    let graph = tiny_model(DType::F32, true);
+    let batch = batch();
+    for train in [false, true] {
+        fast.encoder.set_seed(4);
+        graph.encoder.set_seed(4);
+        let a = fast.encoder.forward(&batch, train).unwrap();
+        let b = graph.encoder.forward(&batch, train).unwrap();
+        assert_eq!(a.hidden_states.len(), b.hidden_states.len());
+        for (x, y) in a.hidden_states.iter().zip(&b.hidden_states) {
+            assert!(!x.track_op(), "inference output is not a graph");
+            assert!(max_abs_diff(x, y) < 1e-5, "train={train}: outputs differ");
+        }
+    }
+}

@@ -1,18 +1,11 @@
 use candle_core::Tensor;
 
+pub use crate::kernels::activation::Activation;
+
 use crate::error::{Error, Result};
 
-/// The `hidden_act` values of Hugging Face configs that embedtune supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact GELU (`gelu` in transformers).
-    Gelu,
-    /// Tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-    Relu,
-}
-
 impl Activation {
+    /// The `hidden_act` values of Hugging Face configs that embedtune supports.
     pub fn from_config(name: &str) -> Result<Self> {
         match name {
             "gelu" => Ok(Activation::Gelu),
@@ -24,7 +17,8 @@ impl Activation {
         }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The activation as a differentiable candle op.
+    pub fn forward_tensor(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Gelu => super::fused::gelu_erf(x)?,
             Activation::GeluTanh => x.gelu()?,

@@ -15,6 +15,10 @@ impl Dropout {
         Dropout { p: p as f32 }
     }
 
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+
     /// Applies dropout when `rng` is given (train mode); returns `x` otherwise.
     pub fn forward(&self, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
         let Some(rng) = rng else {

@@ -24,6 +24,18 @@ impl LayerNorm {
         ))
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }

@@ -21,6 +21,14 @@ impl Linear {
         Ok(Linear::new(weight, Some(bias)))
     }
 
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Fold leading dimensions into one so a single 2-D gemm does the work
         // (a batched matmul against a broadcast weight is slower on CPU).

@@ -10,6 +10,7 @@ pub mod files;
 pub mod hub;
 pub mod sbert;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
@@ -33,11 +34,28 @@ impl EncoderOutput {
     }
 }
 
+/// A training forward pass whose backward the encoder computes itself.
+pub trait TrainPass {
+    /// Hidden states for pooling and losses: variables whose gradients the
+    /// loss's backward leaves in its [`GradStore`].
+    fn output(&self) -> &EncoderOutput;
+    /// Takes the hidden states' gradients out of `grads` and adds the
+    /// gradient of every weight.
+    fn backward(self: Box<Self>, grads: &mut GradStore) -> Result<()>;
+}
+
 /// What the rest of embedtune needs from a transformer encoder.
 pub trait Encoder: Send + Sync {
     /// Runs the encoder. `train` turns dropout on, with masks from the
-    /// encoder's own seeded RNG.
+    /// encoder's own seeded RNG. When the weights are variables, the result
+    /// is differentiable through candle's autograd.
     fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput>;
+    /// A train-mode forward with a hand-written backward, where the encoder
+    /// has one for its device and dtype; `None`: use [`Encoder::forward`]
+    /// and candle's autograd. Both draw the same dropout masks.
+    fn forward_train(&self, _batch: &Batch) -> Result<Option<Box<dyn TrainPass + '_>>> {
+        Ok(None)
+    }
     fn hidden_size(&self) -> usize;
     fn num_layers(&self) -> usize;
     /// Reseeds the dropout RNG.

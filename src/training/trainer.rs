@@ -463,8 +463,17 @@ pub fn train_step(
     let batch = embedder
         .tokenizer()
         .pad(&twice, (0..2 * b).collect(), embedder.device())?;
-    let output = embedder.model().encoder.forward(&batch, true)?;
-    let pooled = embedder.pooling().pool(&output, &batch.attention_mask)?;
+    let encoder = &embedder.model().encoder;
+    let pass = encoder.forward_train(&batch)?;
+    let graph_output;
+    let output = match &pass {
+        Some(pass) => pass.output(),
+        None => {
+            graph_output = encoder.forward(&batch, true)?;
+            &graph_output
+        }
+    };
+    let pooled = embedder.pooling().pool(output, &batch.attention_mask)?;
     let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
     let parts = losses::combined(&x, &y, loss_cfg)?;
     let total = adjust(parts.total)?;
@@ -473,6 +482,9 @@ pub fn train_step(
         return Err(Error::NonFiniteLoss(loss));
     }
     let mut grads = total.backward()?;
+    if let Some(pass) = pass {
+        pass.backward(&mut grads)?;
+    }
     let grad_norm = optim.clip_grad_norm(&mut grads, max_grad_norm)?;
     optim.step(&grads, lr)?;
     Ok(StepResult {

@@ -3,6 +3,7 @@
 //! on the training path.
 
 mod config;
+mod cpu;
 mod init;
 
 use std::sync::Mutex;
@@ -14,7 +15,7 @@ pub use init::init_weights;
 
 use crate::error::Result;
 use crate::layers::{Activation, Dropout, LayerNorm, Linear, WeightsView};
-use crate::models::{Encoder, EncoderOutput};
+use crate::models::{Encoder, EncoderOutput, TrainPass};
 use crate::rng::Rng;
 use crate::tokenize::Batch;
 
@@ -135,7 +136,9 @@ impl Layer {
 
     fn forward(&self, x: &Tensor, mask_bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let a = self.attention.forward(x, mask_bias, rng.as_deref_mut())?;
-        let y = self.activation.forward(&self.intermediate.forward(&a)?)?;
+        let y = self
+            .activation
+            .forward_tensor(&self.intermediate.forward(&a)?)?;
         let y = self.dropout.forward(&self.output.forward(&y)?, rng)?;
         self.layer_norm.forward(&y.add(&a)?)
     }
@@ -175,6 +178,11 @@ impl Encoder for BertModel {
     fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
         let mut guard = self.rng.lock().expect("dropout rng lock");
         let mut rng = train.then_some(&mut *guard);
+        // Weights that are variables get the candle graph (gradients flow
+        // through it); everything else takes the faster plain-CPU path.
+        if cpu::supported(self) && !self.embeddings.word.track_op() {
+            return cpu::forward(self, batch, rng);
+        }
         let dtype = self.embeddings.word.dtype();
         // Additive mask: 0 for tokens, the dtype's most negative value for
         // padding, as transformers does.
@@ -196,6 +204,14 @@ impl Encoder for BertModel {
         Ok(EncoderOutput {
             hidden_states: hidden,
         })
+    }
+
+    fn forward_train(&self, batch: &Batch) -> Result<Option<Box<dyn TrainPass + '_>>> {
+        if !cpu::supported(self) {
+            return Ok(None);
+        }
+        let mut rng = self.rng.lock().expect("dropout rng lock");
+        Ok(Some(Box::new(cpu::forward_train(self, batch, &mut rng)?)))
     }
 
     fn hidden_size(&self) -> usize {
