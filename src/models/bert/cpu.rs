@@ -112,19 +112,101 @@ fn layer_weights<'a>(r: &'a Reader, l: usize) -> Result<LayerW<'a>> {
     })
 }
 
-#[derive(Clone, Copy)]
-struct Dims {
-    /// sequences, tokens per sequence, hidden size, heads, head size
+/// The batch with its padding dropped: each sequence's real tokens are
+/// consecutive rows of one `(rows, h)` matrix, so the linear layers, norms
+/// and activations never run on padding (a batch of book sentences is about
+/// 30% padding at length 32). Dropout masks keep their padded indexing, so
+/// they match the candle graph's draw for draw.
+#[derive(Clone)]
+struct Packing {
+    /// sequences, padded length, hidden size, heads, head size
     b: usize,
     t: usize,
     h: usize,
     heads: usize,
     hd: usize,
+    /// First packed row of each sequence, and the total (b + 1 entries).
+    starts: Vec<usize>,
+    /// First element of each sequence's `(heads, len, len)` attention
+    /// probabilities (b + 1 entries).
+    prob_starts: Vec<usize>,
+    /// Padded position (`s·t + i`) of each packed row.
+    padded_row: Vec<usize>,
 }
 
-impl Dims {
+impl Packing {
+    /// From a right-padded attention mask `(b, t)`.
+    fn new(mask: &[u32], b: usize, t: usize, h: usize, heads: usize) -> Result<Self> {
+        let (mut starts, mut prob_starts, mut padded_row) = (vec![0], vec![0], Vec::new());
+        for s in 0..b {
+            let row = &mask[s * t..(s + 1) * t];
+            let len = row.iter().take_while(|&&m| m != 0).count();
+            if row[len..].iter().any(|&m| m != 0) {
+                return Err(Error::Invalid(
+                    "CPU pass: batches must be right-padded".into(),
+                ));
+            }
+            padded_row.extend((0..len).map(|i| s * t + i));
+            starts.push(starts[s] + len);
+            prob_starts.push(prob_starts[s] + heads * len * len);
+        }
+        Ok(Packing {
+            b,
+            t,
+            h,
+            heads,
+            hd: h / heads,
+            starts,
+            prob_starts,
+            padded_row,
+        })
+    }
+
     fn rows(&self) -> usize {
-        self.b * self.t
+        self.starts[self.b]
+    }
+
+    fn len(&self, s: usize) -> usize {
+        self.starts[s + 1] - self.starts[s]
+    }
+
+    /// Padded `(b, t, width)` data → packed rows.
+    fn pack(&self, padded: &[f32], width: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * width];
+        out.par_chunks_mut(width)
+            .zip(self.padded_row.par_iter())
+            .for_each(|(o, &p)| o.copy_from_slice(&padded[p * width..][..width]));
+        out
+    }
+
+    /// Packed rows → padded `(b, t, h)`, zeros at padding.
+    fn unpack(&self, packed: &[f32]) -> Vec<f32> {
+        let h = self.h;
+        let mut out = vec![0f32; self.b * self.t * h];
+        out.par_chunks_mut(self.t * h)
+            .enumerate()
+            .for_each(|(s, seq)| {
+                let rows = &packed[self.starts[s] * h..self.starts[s + 1] * h];
+                seq[..rows.len()].copy_from_slice(rows);
+            });
+        out
+    }
+
+    /// Splits `buf` into one mutable piece per sequence, `bounds[s]·width`
+    /// to `bounds[s + 1]·width`.
+    fn split<'a>(
+        &self,
+        mut buf: &'a mut [f32],
+        bounds: &[usize],
+        width: usize,
+    ) -> Vec<&'a mut [f32]> {
+        let mut pieces = Vec::with_capacity(self.b);
+        for s in 0..self.b {
+            let (piece, rest) = buf.split_at_mut((bounds[s + 1] - bounds[s]) * width);
+            pieces.push(piece);
+            buf = rest;
+        }
+        pieces
     }
 }
 
@@ -134,8 +216,14 @@ struct Keep {
     scale: f32,
 }
 
+impl Keep {
+    fn scale_at(&self, i: usize) -> f32 {
+        if self.mask[i] != 0 { self.scale } else { 0.0 }
+    }
+}
+
 /// Draws a mask exactly as [`crate::layers::Dropout`] does (same RNG calls,
-/// same order), so both paths drop the same elements.
+/// same order, over the padded shape), so both paths drop the same elements.
 fn draw_keep(n: usize, p: f32, rng: Option<&mut Rng>) -> Option<Keep> {
     let rng = rng?;
     if p <= 0.0 {
@@ -154,40 +242,39 @@ fn draw_keep(n: usize, p: f32, rng: Option<&mut Rng>) -> Option<Keep> {
     })
 }
 
-fn dropout_scale(keep: &Keep, i: usize) -> f32 {
-    if keep.mask[i] != 0 { keep.scale } else { 0.0 }
+/// `x = dropout(x) + residual` on packed rows, in place (`residual` may be
+/// empty: then no residual is added).
+fn dropout_add(x: &mut [f32], keep: Option<&Keep>, residual: &[f32], pk: &Packing) {
+    let h = pk.h;
+    x.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
+        if let Some(k) = keep {
+            let first = pk.padded_row[r] * h;
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(c, v)| *v *= k.scale_at(first + c));
+        }
+        if !residual.is_empty() {
+            row.iter_mut()
+                .zip(&residual[r * h..(r + 1) * h])
+                .for_each(|(v, res)| *v += res);
+        }
+    });
 }
 
-/// `x = dropout(x) + residual`, in place.
-fn dropout_add(x: &mut [f32], keep: Option<&Keep>, residual: &[f32]) {
-    const CHUNK: usize = 8192;
-    x.par_chunks_mut(CHUNK)
-        .zip(residual.par_chunks(CHUNK))
-        .enumerate()
-        .for_each(|(c, (xs, rs))| {
-            for (i, (x, r)) in xs.iter_mut().zip(rs).enumerate() {
-                let d = keep.map_or(*x, |k| *x * dropout_scale(k, c * CHUNK + i));
-                *x = d + r;
-            }
-        });
-}
-
-/// The gradient through a dropout: `g · mask · scale`.
-fn dropout_backward(g: &[f32], keep: Option<&Keep>) -> Vec<f32> {
-    let Some(k) = keep else {
-        return g.to_vec();
-    };
-    g.par_iter()
-        .enumerate()
-        .map(|(i, v)| v * dropout_scale(k, i))
-        .collect()
+/// The gradient through a dropout on packed rows: `g · mask · scale`.
+fn dropout_backward(g: &[f32], keep: Option<&Keep>, pk: &Packing) -> Vec<f32> {
+    let mut out = g.to_vec();
+    if keep.is_some() {
+        dropout_add(&mut out, keep, &[], pk);
+    }
+    out
 }
 
 struct LayerTape {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention probabilities before dropout, `(b, heads, t, t)`.
+    /// Attention probabilities before dropout, per sequence `(heads, len, len)`.
     probs: Vec<f32>,
     probs_keep: Option<Keep>,
     ctx: Vec<f32>,
@@ -202,44 +289,37 @@ struct LayerTape {
     ln2: NormSaved,
 }
 
-/// Everything the backward pass reads, besides the hidden states.
+/// Everything the backward pass reads.
 struct Tape {
-    dims: Dims,
+    pk: Packing,
+    /// Packed token and segment ids.
     ids: Vec<u32>,
     type_ids: Vec<u32>,
     emb_keep: Option<Keep>,
     emb_ln: NormSaved,
+    /// Packed input of each layer.
+    inputs: Vec<Vec<f32>>,
     layers: Vec<LayerTape>,
 }
 
-/// Runs the encoder. With `rng`, dropout is on (train mode); with `save`,
-/// the tape for [`backward`] is kept. Returns every hidden state,
-/// `(b·t, h)` row-major.
+/// Runs the encoder on packed rows. With `rng`, dropout is on (train mode);
+/// with `save`, the tape for the backward pass is kept. Returns every hidden
+/// state, packed.
 fn run(
     model: &BertModel,
     batch: &Batch,
     mut rng: Option<&mut Rng>,
     save: bool,
-) -> Result<(Vec<Vec<f32>>, Option<Tape>)> {
+) -> Result<(Vec<Vec<f32>>, Packing, Option<Tape>)> {
     let cfg = &model.config;
     let (b, t) = batch.input_ids.dims2()?;
     let h = cfg.hidden_size;
-    let heads = cfg.num_attention_heads;
-    let d = Dims {
-        b,
-        t,
-        h,
-        heads,
-        hd: h / heads,
-    };
-    let ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
-    let type_ids = batch.token_type_ids.flatten_all()?.to_vec1::<u32>()?;
     let mask = batch.attention_mask.flatten_all()?.to_vec1::<u32>()?;
-    // Additive key mask, as transformers: 0 for tokens, f32::MIN for padding.
-    let mask_bias: Vec<f32> = mask
-        .iter()
-        .map(|&m| if m != 0 { 0.0 } else { f32::MIN })
-        .collect();
+    let pk = Packing::new(&mask, b, t, h, cfg.num_attention_heads)?;
+    let all_ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
+    let all_types = batch.token_type_ids.flatten_all()?.to_vec1::<u32>()?;
+    let ids: Vec<u32> = pk.padded_row.iter().map(|&p| all_ids[p]).collect();
+    let type_ids: Vec<u32> = pk.padded_row.iter().map(|&p| all_types[p]).collect();
 
     let tensors = params(model);
     let reader = Reader::new(&tensors);
@@ -263,11 +343,11 @@ fn run(
         return Err(Error::Invalid(format!("token type id {bad} out of range")));
     }
     // Word + type, then + position: the candle graph's order of additions.
-    let mut emb = vec![0f32; d.rows() * h];
+    let mut emb = vec![0f32; pk.rows() * h];
     emb.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
         let w = &word[ids[r] as usize * h..][..h];
         let ty = &types[type_ids[r] as usize * h..][..h];
-        let p = &pos[(e.position_offset + r % t) * h..][..h];
+        let p = &pos[(e.position_offset + pk.padded_row[r] % t) * h..][..h];
         for i in 0..h {
             row[i] = (w[i] + ty[i]) + p[i];
         }
@@ -276,61 +356,57 @@ fn run(
     let eps = e.layer_norm.eps() as f32;
     let emb_ln = layer_norm(&emb, reader.get(3)?, reader.get(4)?, eps, &mut x, save);
     drop(emb);
-    let emb_keep = draw_keep(x.len(), e.dropout.p(), rng.as_deref_mut());
-    if let Some(k) = &emb_keep {
-        x.par_iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v *= dropout_scale(k, i));
-    }
+    let emb_keep = draw_keep(b * t * h, e.dropout.p(), rng.as_deref_mut());
+    dropout_add(&mut x, emb_keep.as_ref(), &[], &pk);
 
     let mut hidden = vec![x];
     let mut layers = Vec::new();
     for (l, layer) in model.layers.iter().enumerate() {
         let w = layer_weights(&reader, l)?;
         let x = hidden.last().expect("embedding output");
-        let (y, tape) = layer_forward(layer, &w, d, x, &mask_bias, rng.as_deref_mut(), save);
+        let (y, tape) = layer_forward(layer, &w, &pk, x, rng.as_deref_mut(), save);
         hidden.push(y);
         layers.extend(tape);
     }
     let tape = save.then(|| Tape {
-        dims: d,
         ids,
         type_ids,
         emb_keep,
         emb_ln: emb_ln.expect("saved"),
+        inputs: hidden[..hidden.len() - 1].to_vec(),
         layers,
+        pk: pk.clone(),
     });
-    Ok((hidden, tape))
+    Ok((hidden, pk, tape))
 }
 
 fn layer_forward(
     layer: &Layer,
     w: &LayerW,
-    d: Dims,
+    pk: &Packing,
     x: &[f32],
-    mask_bias: &[f32],
     mut rng: Option<&mut Rng>,
     save: bool,
 ) -> (Vec<f32>, Option<LayerTape>) {
-    let n = d.rows();
+    let (n, h) = (pk.rows(), pk.h);
     let inter = w.inter.1.len();
     let [q, k, v] = w.qkv.map(|(wt, bias)| {
-        let mut y = vec![0f32; n * d.h];
+        let mut y = vec![0f32; n * h];
         linear(&mut y, x, wt, bias, n);
         y
     });
     let att = &layer.attention;
     let probs_keep = draw_keep(
-        d.b * d.heads * d.t * d.t,
+        pk.b * pk.heads * pk.t * pk.t,
         att.probs_dropout.p(),
         rng.as_deref_mut(),
     );
-    let (probs, ctx) = attention(d, &q, &k, &v, mask_bias, probs_keep.as_ref());
-    let mut z1 = vec![0f32; n * d.h];
+    let (probs, ctx) = attention(pk, &q, &k, &v, probs_keep.as_ref());
+    let mut z1 = vec![0f32; n * h];
     linear(&mut z1, &ctx, w.out.0, w.out.1, n);
-    let keep1 = draw_keep(z1.len(), att.hidden_dropout.p(), rng.as_deref_mut());
-    dropout_add(&mut z1, keep1.as_ref(), x);
-    let mut a = vec![0f32; n * d.h];
+    let keep1 = draw_keep(pk.b * pk.t * h, att.hidden_dropout.p(), rng.as_deref_mut());
+    dropout_add(&mut z1, keep1.as_ref(), x, pk);
+    let mut a = vec![0f32; n * h];
     let eps1 = att.layer_norm.eps() as f32;
     let ln1 = layer_norm(&z1, w.ln1.0, w.ln1.1, eps1, &mut a, save);
     drop(z1);
@@ -339,11 +415,11 @@ fn layer_forward(
     linear(&mut f, &a, w.inter.0, w.inter.1, n);
     let mut g = vec![0f32; f.len()];
     layer.activation.forward(&f, &mut g);
-    let mut z2 = vec![0f32; n * d.h];
+    let mut z2 = vec![0f32; n * h];
     linear(&mut z2, &g, w.out2.0, w.out2.1, n);
-    let keep2 = draw_keep(z2.len(), layer.dropout.p(), rng);
-    dropout_add(&mut z2, keep2.as_ref(), &a);
-    let mut y = vec![0f32; n * d.h];
+    let keep2 = draw_keep(pk.b * pk.t * h, layer.dropout.p(), rng);
+    dropout_add(&mut z2, keep2.as_ref(), &a, pk);
+    let mut y = vec![0f32; n * h];
     let eps2 = layer.layer_norm.eps() as f32;
     let ln2 = layer_norm(&z2, w.ln2.0, w.ln2.1, eps2, &mut y, save);
     let tape = save.then(|| LayerTape {
@@ -364,61 +440,77 @@ fn layer_forward(
     (y, tape)
 }
 
-/// Softmax attention per sequence and head. Returns the probabilities
-/// (before dropout) and the context `(b·t, h)`.
+/// Index of probability `(head, i, j)` of sequence `s` in the padded
+/// `(b, heads, t, t)` layout the dropout mask was drawn over.
+fn padded_prob(pk: &Packing, s: usize, head: usize, i: usize, j: usize) -> usize {
+    ((s * pk.heads + head) * pk.t + i) * pk.t + j
+}
+
+/// `P·keep·scale` of one head into `out`, or `p` itself without dropout.
+fn dropped_probs<'a>(
+    pk: &Packing,
+    s: usize,
+    head: usize,
+    p: &'a [f32],
+    keep: Option<&Keep>,
+    out: &'a mut [f32],
+) -> &'a [f32] {
+    let Some(k) = keep else { return p };
+    let len = pk.len(s);
+    for i in 0..len {
+        let first = padded_prob(pk, s, head, i, 0);
+        for j in 0..len {
+            out[i * len + j] = p[i * len + j] * k.scale_at(first + j);
+        }
+    }
+    out
+}
+
+/// Softmax attention of each sequence over its real tokens (padding is not
+/// in the packed rows, so no mask is needed). Returns the probabilities
+/// (before dropout) and the context.
 fn attention(
-    d: Dims,
+    pk: &Packing,
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    mask_bias: &[f32],
     keep: Option<&Keep>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let Dims {
-        t, h, heads, hd, ..
-    } = d;
+    let (h, heads, hd) = (pk.h, pk.heads, pk.hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut probs = vec![0f32; d.b * heads * t * t];
-    let mut ctx = vec![0f32; d.rows() * h];
-    ctx.par_chunks_mut(t * h)
-        .zip(probs.par_chunks_mut(heads * t * t))
+    let mut probs = vec![0f32; pk.prob_starts[pk.b]];
+    let mut ctx = vec![0f32; pk.rows() * h];
+    let ctx_parts = pk.split(&mut ctx, &pk.starts, h);
+    let prob_parts = pk.split(&mut probs, &pk.prob_starts, 1);
+    ctx_parts
+        .into_par_iter()
+        .zip(prob_parts)
         .enumerate()
         .for_each(|(s, (ctx, probs))| {
-            let base = s * t * h;
-            let bias = &mask_bias[s * t..][..t];
-            let mut dropped = vec![0f32; t * t];
+            let len = pk.len(s);
+            let base = pk.starts[s] * h;
+            let mut dropped = vec![0f32; len * len];
             for head in 0..heads {
                 let off = base + head * hd;
-                let p = &mut probs[head * t * t..][..t * t];
+                let p = &mut probs[head * len * len..][..len * len];
                 matmul(
                     p,
-                    t,
-                    Mat::strided(&q[off..], t, hd, h),
-                    Mat::strided(&k[off..], t, hd, h).t(),
+                    len,
+                    Mat::strided(&q[off..], len, hd, h),
+                    Mat::strided(&k[off..], len, hd, h).t(),
                     false,
                     Threads::Single,
                 );
-                for row in p.chunks_mut(t) {
-                    for (x, b) in row.iter_mut().zip(bias) {
-                        *x = *x * scale + b;
-                    }
+                for row in p.chunks_mut(len) {
+                    row.iter_mut().for_each(|x| *x *= scale);
                     softmax_row(row);
                 }
-                let used: &[f32] = match keep {
-                    Some(kp) => {
-                        let first = (s * heads + head) * t * t;
-                        for (i, (o, pv)) in dropped.iter_mut().zip(p.iter()).enumerate() {
-                            *o = pv * dropout_scale(kp, first + i);
-                        }
-                        &dropped
-                    }
-                    None => p,
-                };
+                let used = dropped_probs(pk, s, head, p, keep, &mut dropped);
                 matmul(
                     &mut ctx[head * hd..],
                     h,
-                    Mat::new(used, t, t),
-                    Mat::strided(&v[off..], t, hd, h),
+                    Mat::new(used, len, len),
+                    Mat::strided(&v[off..], len, hd, h),
                     false,
                     Threads::Single,
                 );
@@ -428,60 +520,65 @@ fn attention(
 }
 
 /// Gradients of [`attention`] with respect to q, k and v.
-fn attention_backward(d: Dims, dctx: &[f32], tape: &LayerTape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let Dims {
-        t, h, heads, hd, ..
-    } = d;
+fn attention_backward(
+    pk: &Packing,
+    dctx: &[f32],
+    tape: &LayerTape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (h, heads, hd) = (pk.h, pk.heads, pk.hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let n = d.rows() * h;
+    let n = pk.rows() * h;
     let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     let (q, k, v) = (&tape.q, &tape.k, &tape.v);
     let keep = tape.probs_keep.as_ref();
-    dq.par_chunks_mut(t * h)
-        .zip(dk.par_chunks_mut(t * h))
-        .zip(dv.par_chunks_mut(t * h))
+    let parts = pk
+        .split(&mut dq, &pk.starts, h)
+        .into_iter()
+        .zip(pk.split(&mut dk, &pk.starts, h))
+        .zip(pk.split(&mut dv, &pk.starts, h))
+        .collect::<Vec<_>>();
+    parts
+        .into_par_iter()
         .enumerate()
         .for_each(|(s, ((dq, dk), dv))| {
-            let base = s * t * h;
-            let mut dropped = vec![0f32; t * t];
-            let mut dp = vec![0f32; t * t];
-            let mut ds = vec![0f32; t * t];
+            let len = pk.len(s);
+            let base = pk.starts[s] * h;
+            let mut dropped = vec![0f32; len * len];
+            let mut dp = vec![0f32; len * len];
+            let mut ds = vec![0f32; len * len];
             for head in 0..heads {
                 let off = base + head * hd;
-                let first = (s * heads + head) * t * t;
-                let p = &tape.probs[first..][..t * t];
-                let dctx_m = Mat::strided(&dctx[off..], t, hd, h);
-                // dP' = dctx · vᵀ, dv = P'ᵀ · dctx (P' = P after dropout).
+                let p = &tape.probs[pk.prob_starts[s] + head * len * len..][..len * len];
+                let dctx_m = Mat::strided(&dctx[off..], len, hd, h);
+                // dP' = dctx · vᵀ and dv = P'ᵀ · dctx, with P' = P after
+                // dropout; then dP = dP' · keep · scale.
                 matmul(
                     &mut dp,
-                    t,
+                    len,
                     dctx_m,
-                    Mat::strided(&v[off..], t, hd, h).t(),
+                    Mat::strided(&v[off..], len, hd, h).t(),
                     false,
                     Threads::Single,
                 );
-                let used: &[f32] = match keep {
-                    Some(kp) => {
-                        for (i, (o, pv)) in dropped.iter_mut().zip(p).enumerate() {
-                            *o = pv * dropout_scale(kp, first + i);
-                        }
-                        for (i, g) in dp.iter_mut().enumerate() {
-                            *g *= dropout_scale(kp, first + i);
-                        }
-                        &dropped
-                    }
-                    None => p,
-                };
+                let used = dropped_probs(pk, s, head, p, keep, &mut dropped);
                 matmul(
                     &mut dv[head * hd..],
                     h,
-                    Mat::new(used, t, t).t(),
+                    Mat::new(used, len, len).t(),
                     dctx_m,
                     false,
                     Threads::Single,
                 );
+                if let Some(kp) = keep {
+                    for i in 0..len {
+                        let first = padded_prob(pk, s, head, i, 0);
+                        for j in 0..len {
+                            dp[i * len + j] *= kp.scale_at(first + j);
+                        }
+                    }
+                }
                 // Through the softmax, then the 1/√d scale of the scores.
-                for ((pr, gr), dr) in p.chunks(t).zip(dp.chunks(t)).zip(ds.chunks_mut(t)) {
+                for ((pr, gr), dr) in p.chunks(len).zip(dp.chunks(len)).zip(ds.chunks_mut(len)) {
                     softmax_row_backward(pr, gr, dr);
                     dr.iter_mut().for_each(|x| *x *= scale);
                 }
@@ -489,16 +586,16 @@ fn attention_backward(d: Dims, dctx: &[f32], tape: &LayerTape) -> (Vec<f32>, Vec
                 matmul(
                     &mut dq[head * hd..],
                     h,
-                    Mat::new(&ds, t, t),
-                    Mat::strided(&k[off..], t, hd, h),
+                    Mat::new(&ds, len, len),
+                    Mat::strided(&k[off..], len, hd, h),
                     false,
                     Threads::Single,
                 );
                 matmul(
                     &mut dk[head * hd..],
                     h,
-                    Mat::new(&ds, t, t).t(),
-                    Mat::strided(&q[off..], t, hd, h),
+                    Mat::new(&ds, len, len).t(),
+                    Mat::strided(&q[off..], len, hd, h),
                     false,
                     Threads::Single,
                 );
@@ -512,13 +609,13 @@ fn attention_backward(d: Dims, dctx: &[f32], tape: &LayerTape) -> (Vec<f32>, Vec
 fn layer_backward(
     layer: &Layer,
     w: &LayerW,
-    d: Dims,
+    pk: &Packing,
     x: &[f32],
     dy: &[f32],
     tape: &LayerTape,
     grads: &mut [Vec<f32>],
 ) -> Vec<f32> {
-    let n = d.rows();
+    let n = pk.rows();
     let [
         dqw,
         dqb,
@@ -541,9 +638,9 @@ fn layer_backward(
         unreachable!("sixteen gradients per layer")
     };
     // Output LayerNorm, then the residual splits the gradient.
-    let mut da = vec![0f32; n * d.h];
+    let mut da = vec![0f32; n * pk.h];
     layer_norm_backward(dy, &tape.ln2, w.ln2.0, &mut da, dg2, db2);
-    let dz2 = dropout_backward(&da, tape.keep2.as_ref());
+    let dz2 = dropout_backward(&da, tape.keep2.as_ref(), pk);
     let mut dg = vec![0f32; tape.g.len()];
     linear_backward(&dz2, &tape.g, w.out2.0, (do2w, do2b), &mut dg, n, false);
     drop(dz2);
@@ -551,14 +648,14 @@ fn layer_backward(
     linear_backward(&dg, &tape.a, w.inter.0, (diw, dib), &mut da, n, true);
     drop(dg);
 
-    let mut dx = vec![0f32; n * d.h];
+    let mut dx = vec![0f32; n * pk.h];
     layer_norm_backward(&da, &tape.ln1, w.ln1.0, &mut dx, dg1, db1);
     drop(da);
-    let dz1 = dropout_backward(&dx, tape.keep1.as_ref());
-    let mut dctx = vec![0f32; n * d.h];
+    let dz1 = dropout_backward(&dx, tape.keep1.as_ref(), pk);
+    let mut dctx = vec![0f32; n * pk.h];
     linear_backward(&dz1, &tape.ctx, w.out.0, (dow, dob), &mut dctx, n, false);
     drop(dz1);
-    let (dq, dk, dv) = attention_backward(d, &dctx, tape);
+    let (dq, dk, dv) = attention_backward(pk, &dctx, tape);
     drop(dctx);
     for ((dproj, (wt, _)), (dw, db)) in
         [dq, dk, dv]
@@ -580,23 +677,29 @@ pub(super) struct CpuTrainPass<'m> {
     tape: Tape,
 }
 
+/// Packed hidden states → `(b, t, h)` tensors, zeros at padding.
+fn padded_tensors(hidden: Vec<Vec<f32>>, pk: &Packing) -> Result<Vec<Tensor>> {
+    hidden
+        .into_iter()
+        .map(|v| {
+            Ok(Tensor::from_vec(
+                pk.unpack(&v),
+                (pk.b, pk.t, pk.h),
+                &Device::Cpu,
+            )?)
+        })
+        .collect()
+}
+
 pub(super) fn forward_train<'m>(
     model: &'m BertModel,
     batch: &Batch,
     rng: &mut Rng,
 ) -> Result<CpuTrainPass<'m>> {
-    let (hidden, tape) = run(model, batch, Some(rng), true)?;
-    let tape = tape.expect("saved");
-    let d = tape.dims;
-    let hidden = hidden
-        .into_iter()
-        .map(|v| {
-            Ok(Var::from_tensor(&Tensor::from_vec(
-                v,
-                (d.b, d.t, d.h),
-                &Device::Cpu,
-            )?)?)
-        })
+    let (hidden, pk, tape) = run(model, batch, Some(rng), true)?;
+    let hidden = padded_tensors(hidden, &pk)?
+        .iter()
+        .map(|t| Ok(Var::from_tensor(t)?))
         .collect::<Result<Vec<_>>>()?;
     let output = EncoderOutput {
         hidden_states: hidden.iter().map(|v| v.as_tensor().clone()).collect(),
@@ -605,7 +708,7 @@ pub(super) fn forward_train<'m>(
         model,
         hidden,
         output,
-        tape,
+        tape: tape.expect("saved"),
     })
 }
 
@@ -615,14 +718,10 @@ pub(super) fn forward(
     batch: &Batch,
     rng: Option<&mut Rng>,
 ) -> Result<EncoderOutput> {
-    let (b, t) = batch.input_ids.dims2()?;
-    let h = model.config.hidden_size;
-    let (hidden, _) = run(model, batch, rng, false)?;
-    let hidden_states = hidden
-        .into_iter()
-        .map(|v| Ok(Tensor::from_vec(v, (b, t, h), &Device::Cpu)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(EncoderOutput { hidden_states })
+    let (hidden, pk, _) = run(model, batch, rng, false)?;
+    Ok(EncoderOutput {
+        hidden_states: padded_tensors(hidden, &pk)?,
+    })
 }
 
 impl TrainPass for CpuTrainPass<'_> {
@@ -634,27 +733,26 @@ impl TrainPass for CpuTrainPass<'_> {
         let CpuTrainPass {
             model,
             hidden,
-            output,
             tape,
+            ..
         } = *self;
-        drop(output);
-        let d = tape.dims;
-        let n = d.rows() * d.h;
+        let pk = &tape.pk;
+        let (h, n) = (pk.h, pk.rows() * pk.h);
         let tensors = params(model);
         let mut dparams: Vec<Vec<f32>> =
             tensors.iter().map(|t| vec![0f32; t.elem_count()]).collect();
-        // Gradients the loss sent to each hidden state (only those it used).
+        // Gradients the loss sent to each hidden state (only those it used),
+        // packed like the activations.
         let mut hidden_grads: Vec<Option<Vec<f32>>> = hidden
             .iter()
             .map(|v| {
-                grads
-                    .remove(v.as_tensor())
-                    .map(|g| g.flatten_all()?.to_vec1::<f32>())
-                    .transpose()
+                let Some(g) = grads.remove(v.as_tensor()) else {
+                    return Ok(None);
+                };
+                Ok(Some(pk.pack(&g.flatten_all()?.to_vec1::<f32>()?, h)))
             })
-            .collect::<std::result::Result<_, _>>()?;
-        let hidden: Vec<Tensor> = hidden.into_iter().map(|v| v.into_inner()).collect();
-        let states = Reader::new(&hidden.iter().collect::<Vec<_>>());
+            .collect::<Result<_>>()?;
+        drop(hidden);
         let reader = Reader::new(&tensors);
         let mut dx = hidden_grads
             .pop()
@@ -666,8 +764,8 @@ impl TrainPass for CpuTrainPass<'_> {
             dx = layer_backward(
                 layer,
                 &w,
-                d,
-                states.get(l)?,
+                pk,
+                &tape.inputs[l],
                 &dx,
                 &tape.layers[l],
                 &mut dparams[base..base + LAYER_PARAMS],
@@ -677,13 +775,13 @@ impl TrainPass for CpuTrainPass<'_> {
             }
         }
         // Embeddings: dropout, LayerNorm, then scatter into the tables.
-        let dln = dropout_backward(&dx, tape.emb_keep.as_ref());
+        let dln = dropout_backward(&dx, tape.emb_keep.as_ref(), pk);
         let mut de = vec![0f32; n];
         let [dword, dpos, dtype, dg, db, ..] = &mut dparams[..] else {
             unreachable!("five embedding parameters")
         };
         layer_norm_backward(&dln, &tape.emb_ln, reader.get(3)?, &mut de, dg, db);
-        let (h, offset) = (d.h, model.embeddings.position_offset);
+        let offset = model.embeddings.position_offset;
         for (r, row) in de.chunks(h).enumerate() {
             let add = |table: &mut [f32], idx: usize| {
                 table[idx * h..][..h]
@@ -693,7 +791,7 @@ impl TrainPass for CpuTrainPass<'_> {
             };
             add(dword, tape.ids[r] as usize);
             add(dtype, tape.type_ids[r] as usize);
-            add(dpos, offset + r % d.t);
+            add(dpos, offset + pk.padded_row[r] % pk.t);
         }
         drop(reader);
         for (t, g) in tensors.into_iter().zip(dparams) {
