@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -68,36 +69,28 @@ impl AdamW {
         })
     }
 
-    /// The global L2 norm of the gradients; when above `max_norm`, every
-    /// gradient is scaled down to that norm (as torch's clip_grad_norm_).
-    pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: Option<f64>) -> Result<f64> {
+    /// The global L2 norm of the gradients.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                total += match cpu_sum_sq(g) {
+                    Some(v) => v,
+                    None => g
+                        .to_dtype(DType::F64)?
+                        .sqr()?
+                        .sum_all()?
+                        .to_scalar::<f64>()?,
+                };
             }
         }
-        let norm = total.sqrt();
-        if let Some(max) = max_norm
-            && norm > max
-        {
-            let scale = max / (norm + 1e-6);
-            for slot in &self.slots {
-                if let Some(g) = grads.remove(slot.var.as_tensor()) {
-                    grads.insert(slot.var.as_tensor(), (g * scale)?);
-                }
-            }
-        }
-        Ok(norm)
+        Ok(total.sqrt())
     }
 
-    /// One update with learning rate `lr`. Variables without a gradient are
-    /// left alone.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`, each gradient multiplied by
+    /// `grad_scale` first (see [`clip_scale`]). Variables without a gradient
+    /// are left alone.
+    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let p = self.params;
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
@@ -106,12 +99,35 @@ impl AdamW {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            slot.m = ((&slot.m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
+            let theta = slot.var.as_tensor();
+            if [theta, g, &slot.m, &slot.v].into_iter().all(is_cpu_f32) {
+                // In place, one pass over each buffer: the moments, then θ.
+                let update = FusedUpdate { p, lr, bc1, bc2 };
+                slot.m.inplace_op2(
+                    g,
+                    &Moment {
+                        beta: p.beta1,
+                        grad_scale,
+                        square: false,
+                    },
+                )?;
+                slot.v.inplace_op2(
+                    g,
+                    &Moment {
+                        beta: p.beta2,
+                        grad_scale,
+                        square: true,
+                    },
+                )?;
+                theta.inplace_op3(&slot.m, &slot.v, &update)?;
+                continue;
+            }
+            let g = (g * grad_scale)?;
+            slot.m = ((&slot.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             slot.v = ((&slot.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let m_hat = (&slot.m / bc1)?;
             let v_hat = (&slot.v / bc2)?;
             let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-            let theta = slot.var.as_tensor();
             let decayed = if p.weight_decay != 0.0 {
                 (theta * (1.0 - lr * p.weight_decay))?
             } else {
@@ -146,6 +162,130 @@ impl AdamW {
             s.v = get(format!("v.{}", s.name))?;
         }
         self.t = t;
+        Ok(())
+    }
+}
+
+/// The factor that brings gradients of global norm `norm` down to
+/// `max_norm` (as torch's `clip_grad_norm_`); 1 when within it or unset.
+pub fn clip_scale(norm: f64, max_norm: Option<f64>) -> f64 {
+    match max_norm {
+        Some(max) if norm > max => max / (norm + 1e-6),
+        _ => 1.0,
+    }
+}
+
+/// Sum of squares of a contiguous f32 CPU tensor's data, if `t` is one.
+fn cpu_sum_sq(t: &Tensor) -> Option<f64> {
+    if !is_cpu_f32(t) {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        return None;
+    };
+    let v = f32_data(s, layout).ok()?;
+    Some(
+        v.par_chunks(1 << 16)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .sum(),
+    )
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("AdamW: expected contiguous f32 data"),
+    }
+}
+
+fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("AdamW: expected contiguous f32 data"),
+    }
+}
+
+const CHUNK: usize = 1 << 14;
+
+/// `m ← β·m + (1 − β)·(s·g)` (or `(s·g)²` for the second moment), in place.
+struct Moment {
+    beta: f64,
+    grad_scale: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "embedtune-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        g_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let m = f32_data_mut(dst, dst_l)?;
+        let g = f32_data(g, g_l)?;
+        let (beta, rest, s) = (
+            self.beta as f32,
+            (1.0 - self.beta) as f32,
+            self.grad_scale as f32,
+        );
+        let square = self.square;
+        m.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = g * s;
+                    *m = beta * *m + rest * if square { g * g } else { g };
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `θ ← θ·(1 − lr·wd) − lr · m̂ / (√v̂ + ε)`, in place.
+struct FusedUpdate {
+    p: AdamWParams,
+    lr: f64,
+    bc1: f64,
+    bc2: f64,
+}
+
+impl InplaceOp3 for FusedUpdate {
+    fn name(&self) -> &'static str {
+        "embedtune-adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let theta = f32_data_mut(dst, dst_l)?;
+        let (m, v) = (f32_data(m, m_l)?, f32_data(v, v_l)?);
+        let decay = (1.0 - self.lr * self.p.weight_decay) as f32;
+        let (lr, eps) = (self.lr as f32, self.p.eps as f32);
+        let (ibc1, ibc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);
+        theta
+            .par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(t, (m, v))| {
+                for ((t, &m), &v) in t.iter_mut().zip(m).zip(v) {
+                    *t = *t * decay - lr * (m * ibc1) / ((v * ibc2).sqrt() + eps);
+                }
+            });
         Ok(())
     }
 }
@@ -196,7 +336,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        opt.step(&grads, 0.5).unwrap();
+        opt.step(&grads, 0.5, 1.0).unwrap();
         // First step: m̂ = g, v̂ = g², update = g/(|g| + eps) = sign(g).
         let w: Vec<f64> = var.as_tensor().to_vec1().unwrap();
         let expected = [1.0 * (1.0 - 0.05) - 0.5, -2.0 * (1.0 - 0.05) + 0.5];
@@ -213,13 +353,57 @@ mod tests {
         vars.insert("w".to_string(), var.clone());
         let opt = AdamW::new(&vars, AdamWParams::default()).unwrap();
         // gradient of Σ w²/2 is w, norm 5.
-        let mut grads = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5)
+        let grads = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5)
             .unwrap()
             .backward()
             .unwrap();
-        let norm = opt.clip_grad_norm(&mut grads, Some(1.0)).unwrap();
+        let norm = opt.grad_norm(&grads).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
-        assert!(((g[0].powi(2) + g[1].powi(2)).sqrt() - 1.0).abs() < 1e-5);
+        assert!((clip_scale(norm, Some(1.0)) * norm - 1.0).abs() < 1e-5);
+        assert_eq!(clip_scale(norm, Some(10.0)), 1.0);
+        assert_eq!(clip_scale(norm, None), 1.0);
+    }
+
+    /// Three steps of the in-place f32 CPU update against the tensor
+    /// formulas in f64, with weight decay and a gradient scale.
+    #[test]
+    fn fused_cpu_update_matches_the_tensor_path() {
+        let init = [0.5f64, -1.5, 2.0, 0.0, -0.25];
+        let run = |dtype: DType| -> Vec<f64> {
+            let var = Var::from_tensor(
+                &Tensor::new(&init, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let mut vars = HashMap::new();
+            vars.insert("w".to_string(), var.clone());
+            let params = AdamWParams {
+                weight_decay: 0.05,
+                ..Default::default()
+            };
+            let mut opt = AdamW::new(&vars, params).unwrap();
+            for step in 0..3 {
+                // loss = Σ w³ / 3 + step · Σ w: gradient w² + step.
+                let w = var.as_tensor();
+                let loss = ((w.powf(3.0).unwrap().sum_all().unwrap() / 3.0).unwrap()
+                    + (w.sum_all().unwrap() * step as f64).unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let norm = opt.grad_norm(&grads).unwrap();
+                opt.step(&grads, 0.1, clip_scale(norm, Some(2.0))).unwrap();
+            }
+            var.as_tensor()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let fused = run(DType::F32);
+        let reference = run(DType::F64);
+        for (a, b) in fused.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5, "{fused:?} vs {reference:?}");
+        }
     }
 }

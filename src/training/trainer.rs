@@ -16,7 +16,7 @@ use crate::models::Encoder;
 use crate::sts::{self, StsPair};
 use crate::training::checkpoint::{self, TrainState};
 use crate::training::data::{Corpus, EpochStream};
-use crate::training::optim::{AdamW, AdamWParams, linear_schedule};
+use crate::training::optim::{AdamW, AdamWParams, clip_scale, linear_schedule};
 
 /// Hyper-parameters of a run.
 #[derive(Debug, Clone, Serialize)]
@@ -485,8 +485,8 @@ pub fn train_step(
     if let Some(pass) = pass {
         pass.backward(&mut grads)?;
     }
-    let grad_norm = optim.clip_grad_norm(&mut grads, max_grad_norm)?;
-    optim.step(&grads, lr)?;
+    let grad_norm = optim.grad_norm(&grads)?;
+    optim.step(&grads, lr, clip_scale(grad_norm, max_grad_norm))?;
     Ok(StepResult {
         loss,
         align: scalar(&parts.align)?,
