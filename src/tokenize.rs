@@ -32,6 +32,22 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
+impl Batch {
+    /// Rows `start .. start + len` as a batch of their own.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Batch> {
+        Ok(Batch {
+            input_ids: self.input_ids.narrow(0, start, len)?,
+            token_type_ids: self.token_type_ids.narrow(0, start, len)?,
+            attention_mask: self.attention_mask.narrow(0, start, len)?,
+            indices: self
+                .indices
+                .get(start..start + len)
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+        })
+    }
+}
+
 /// One tokenized text, before padding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {

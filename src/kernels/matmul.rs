@@ -114,7 +114,7 @@ pub fn matmul(out: &mut [f32], out_rs: usize, a: Mat, b: Mat, accumulate: bool, 
 /// `out = x · wᵀ + bias` for a PyTorch-layout weight `(out_dim, in_dim)`:
 /// the bias is written first and the product accumulated onto it, which
 /// saves a separate pass over the output.
-pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], rows: usize) {
+pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], rows: usize, threads: Threads) {
     let (o, i) = (bias.len(), w.len() / bias.len());
     out.chunks_mut(o)
         .take(rows)
@@ -125,7 +125,7 @@ pub fn linear(out: &mut [f32], x: &[f32], w: &[f32], bias: &[f32], rows: usize) 
         Mat::new(x, rows, i),
         Mat::new(w, o, i).t(),
         true,
-        Threads::Pool,
+        threads,
     );
 }
 

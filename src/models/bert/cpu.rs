@@ -303,13 +303,14 @@ struct Tape {
 }
 
 /// Runs the encoder on packed rows. With `rng`, dropout is on (train mode);
-/// with `save`, the tape for the backward pass is kept. Returns every hidden
-/// state, packed.
+/// with `save`, the tape for the backward pass is kept; `threads` says how
+/// the large products run. Returns every hidden state, packed.
 fn run(
     model: &BertModel,
     batch: &Batch,
     mut rng: Option<&mut Rng>,
     save: bool,
+    threads: Threads,
 ) -> Result<(Vec<Vec<f32>>, Packing, Option<Tape>)> {
     let cfg = &model.config;
     let (b, t) = batch.input_ids.dims2()?;
@@ -364,7 +365,7 @@ fn run(
     for (l, layer) in model.layers.iter().enumerate() {
         let w = layer_weights(&reader, l)?;
         let x = hidden.last().expect("embedding output");
-        let (y, tape) = layer_forward(layer, &w, &pk, x, rng.as_deref_mut(), save);
+        let (y, tape) = layer_forward(layer, &w, &pk, x, rng.as_deref_mut(), save, threads);
         hidden.push(y);
         layers.extend(tape);
     }
@@ -387,12 +388,13 @@ fn layer_forward(
     x: &[f32],
     mut rng: Option<&mut Rng>,
     save: bool,
+    threads: Threads,
 ) -> (Vec<f32>, Option<LayerTape>) {
     let (n, h) = (pk.rows(), pk.h);
     let inter = w.inter.1.len();
     let [q, k, v] = w.qkv.map(|(wt, bias)| {
         let mut y = vec![0f32; n * h];
-        linear(&mut y, x, wt, bias, n);
+        linear(&mut y, x, wt, bias, n, threads);
         y
     });
     let att = &layer.attention;
@@ -403,7 +405,7 @@ fn layer_forward(
     );
     let (probs, ctx) = attention(pk, &q, &k, &v, probs_keep.as_ref());
     let mut z1 = vec![0f32; n * h];
-    linear(&mut z1, &ctx, w.out.0, w.out.1, n);
+    linear(&mut z1, &ctx, w.out.0, w.out.1, n, threads);
     let keep1 = draw_keep(pk.b * pk.t * h, att.hidden_dropout.p(), rng.as_deref_mut());
     dropout_add(&mut z1, keep1.as_ref(), x, pk);
     let mut a = vec![0f32; n * h];
@@ -412,11 +414,11 @@ fn layer_forward(
     drop(z1);
 
     let mut f = vec![0f32; n * inter];
-    linear(&mut f, &a, w.inter.0, w.inter.1, n);
+    linear(&mut f, &a, w.inter.0, w.inter.1, n, threads);
     let mut g = vec![0f32; f.len()];
     layer.activation.forward(&f, &mut g);
     let mut z2 = vec![0f32; n * h];
-    linear(&mut z2, &g, w.out2.0, w.out2.1, n);
+    linear(&mut z2, &g, w.out2.0, w.out2.1, n, threads);
     let keep2 = draw_keep(pk.b * pk.t * h, layer.dropout.p(), rng);
     dropout_add(&mut z2, keep2.as_ref(), &a, pk);
     let mut y = vec![0f32; n * h];
@@ -696,7 +698,7 @@ pub(super) fn forward_train<'m>(
     batch: &Batch,
     rng: &mut Rng,
 ) -> Result<CpuTrainPass<'m>> {
-    let (hidden, pk, tape) = run(model, batch, Some(rng), true)?;
+    let (hidden, pk, tape) = run(model, batch, Some(rng), true, Threads::Pool)?;
     let hidden = padded_tensors(hidden, &pk)?
         .iter()
         .map(|t| Ok(Var::from_tensor(t)?))
@@ -712,16 +714,46 @@ pub(super) fn forward_train<'m>(
     })
 }
 
-/// Inference (or dropout-only) forward without a tape.
+/// Forward without a tape. Without dropout the sequences are split into one
+/// group per thread, each run with single-threaded products: independent
+/// groups skip the synchronisation inside every product and keep each
+/// core's cache to itself (about 10% faster on two cores than splitting
+/// each product). Dropout masks follow the whole batch, so a train-mode
+/// pass runs as one group.
 pub(super) fn forward(
     model: &BertModel,
     batch: &Batch,
     rng: Option<&mut Rng>,
 ) -> Result<EncoderOutput> {
-    let (hidden, pk, _) = run(model, batch, rng, false)?;
-    Ok(EncoderOutput {
-        hidden_states: padded_tensors(hidden, &pk)?,
-    })
+    let b = batch.input_ids.dim(0)?;
+    let groups = rayon::current_num_threads().min(b);
+    if rng.is_some() || groups < 2 {
+        let (hidden, pk, _) = run(model, batch, rng, false, Threads::Pool)?;
+        return Ok(EncoderOutput {
+            hidden_states: padded_tensors(hidden, &pk)?,
+        });
+    }
+    let parts = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let (lo, hi) = (g * b / groups, (g + 1) * b / groups);
+            let (hidden, pk, _) = run(
+                model,
+                &batch.rows(lo, hi - lo)?,
+                None,
+                false,
+                Threads::Single,
+            )?;
+            padded_tensors(hidden, &pk)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let hidden_states = (0..parts[0].len())
+        .map(|l| {
+            let layer: Vec<&Tensor> = parts.iter().map(|p| &p[l]).collect();
+            Ok(Tensor::cat(&layer, 0)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EncoderOutput { hidden_states })
 }
 
 impl TrainPass for CpuTrainPass<'_> {
