@@ -181,15 +181,20 @@ impl Packing {
 
     /// Packed rows → padded `(b, t, h)`, zeros at padding.
     fn unpack(&self, packed: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.b * self.t * self.h];
+        self.unpack_into(packed, &mut out);
+        out
+    }
+
+    /// Packed rows → `out`, `(b, t, h)` and zero at padding.
+    fn unpack_into(&self, packed: &[f32], out: &mut [f32]) {
         let h = self.h;
-        let mut out = vec![0f32; self.b * self.t * h];
         out.par_chunks_mut(self.t * h)
             .enumerate()
             .for_each(|(s, seq)| {
                 let rows = &packed[self.starts[s] * h..self.starts[s + 1] * h];
                 seq[..rows.len()].copy_from_slice(rows);
             });
-        out
     }
 
     /// Splits `buf` into one mutable piece per sequence, `bounds[s]·width`
@@ -733,25 +738,32 @@ pub(super) fn forward(
             hidden_states: padded_tensors(hidden, &pk)?,
         });
     }
-    let parts = (0..groups)
-        .into_par_iter()
-        .map(|g| {
-            let (lo, hi) = (g * b / groups, (g + 1) * b / groups);
-            let (hidden, pk, _) = run(
-                model,
-                &batch.rows(lo, hi - lo)?,
-                None,
-                false,
-                Threads::Single,
-            )?;
-            padded_tensors(hidden, &pk)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let hidden_states = (0..parts[0].len())
-        .map(|l| {
-            let layer: Vec<&Tensor> = parts.iter().map(|p| &p[l]).collect();
-            Ok(Tensor::cat(&layer, 0)?)
-        })
+    // Each group writes its rows of every hidden state in place.
+    let (t, h) = (batch.input_ids.dim(1)?, model.config.hidden_size);
+    let bounds: Vec<usize> = (0..=groups).map(|g| g * b / groups).collect();
+    let mut states = vec![vec![0f32; b * t * h]; model.layers.len() + 1];
+    let mut outs: Vec<Vec<&mut [f32]>> = (0..groups).map(|_| Vec::new()).collect();
+    for state in &mut states {
+        let mut rest = &mut state[..];
+        for (g, out) in outs.iter_mut().enumerate() {
+            let (mine, tail) = rest.split_at_mut((bounds[g + 1] - bounds[g]) * t * h);
+            out.push(mine);
+            rest = tail;
+        }
+    }
+    outs.into_par_iter()
+        .enumerate()
+        .try_for_each(|(g, out)| -> Result<()> {
+            let rows = batch.rows(bounds[g], bounds[g + 1] - bounds[g])?;
+            let (hidden, pk, _) = run(model, &rows, None, false, Threads::Single)?;
+            for (packed, out) in hidden.iter().zip(out) {
+                pk.unpack_into(packed, out);
+            }
+            Ok(())
+        })?;
+    let hidden_states = states
+        .into_iter()
+        .map(|v| Ok(Tensor::from_vec(v, (b, t, h), &Device::Cpu)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(EncoderOutput { hidden_states })
 }
