@@ -46,49 +46,20 @@ pub fn erf(x: f32) -> f32 {
     (1.0 - poly * exp(-a * a)).copysign(x)
 }
 
-/// `out[i] = f(x[i])`, compiled for AVX2 when the CPU has it (chosen at run
-/// time, so the binary still runs on any x86-64).
+/// `out[i] = f(x[i])`, vectorised by [`super::simd`].
 fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Sync) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        let wide = |o: &mut [f32], xs: &[f32]| unsafe { map_avx2(o, xs, f) };
-        return out
-            .par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(o, xs)| wide(o, xs));
-    }
     out.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(o, xs)| o.iter_mut().zip(xs).for_each(|(o, &v)| *o = f(v)));
+        .for_each(|(o, xs)| super::simd(|| o.iter_mut().zip(xs).for_each(|(o, &v)| *o = f(v))));
 }
 
-/// `g[i] = f(x[i], g[i])`, dispatched like [`map`].
+/// `g[i] = f(x[i], g[i])`, vectorised by [`super::simd`].
 fn map_in_place(x: &[f32], g: &mut [f32], f: impl Fn(f32, f32) -> f32 + Copy + Sync) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        let wide = |gs: &mut [f32], xs: &[f32]| unsafe { zip_avx2(gs, xs, f) };
-        return g
-            .par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(gs, xs)| wide(gs, xs));
-    }
     g.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(gs, xs)| gs.iter_mut().zip(xs).for_each(|(g, &v)| *g = f(v, *g)));
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn map_avx2(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
-    out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn zip_avx2(g: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32) {
-    g.iter_mut().zip(x).for_each(|(g, &v)| *g = f(v, *g));
+        .for_each(|(gs, xs)| {
+            super::simd(|| gs.iter_mut().zip(xs).for_each(|(g, &v)| *g = f(v, *g)))
+        });
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;

@@ -12,3 +12,22 @@ pub mod reduce;
 pub mod softmax;
 
 pub use matmul::{Mat, matmul};
+
+/// Runs `f` compiled for AVX2 when the CPU has it (checked at run time, so
+/// the binary still runs on any x86-64); `f`'s loops are inlined here and
+/// vectorised for the wider registers.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
