@@ -3,6 +3,8 @@
 //!
 //! cargo run --release --example throughput -- MODEL FILE embed|train [N_SENTENCES|N_STEPS]
 //! Prints one JSON line: sentences_per_s, seconds, peak_rss_mib.
+//! `throughput matmul` instead measures the matrix-product peak (GFLOP/s of
+//! a 2048×384 by 384×1536 product, the shape of BERT-small's FFN).
 
 use std::time::Instant;
 
@@ -22,8 +24,31 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// GFLOP/s of `out = a·b` for the FFN-like shape, best of a few rounds.
+fn matmul_peak() -> f64 {
+    use embedtune::kernels::matmul::{Mat, Threads, matmul};
+    let (m, k, n) = (2048, 384, 1536);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut out = vec![0f32; m * n];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for _ in 0..10 {
+            matmul(&mut out, n, Mat::new(&a, m, k), Mat::new(&b, k, n), false, Threads::Pool);
+        }
+        let s = start.elapsed().as_secs_f64() / 10.0;
+        best = best.max(2.0 * (m * k * n) as f64 / s / 1e9);
+    }
+    best
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("matmul") {
+        println!("{}", serde_json::json!({"impl": "embedtune", "matmul_gflops": matmul_peak()}));
+        return Ok(());
+    }
     let [_, model, file, mode, rest @ ..] = args.as_slice() else {
         anyhow::bail!("usage: throughput MODEL FILE embed|train [N]");
     };

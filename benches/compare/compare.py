@@ -77,6 +77,52 @@ def torch_worker(args):
                       "sentences_per_s": n / seconds, "peak_rss_mib": peak}))
 
 
+def torch_matmul_peak(threads):
+    """GFLOP/s of the same FFN-shaped product the embedtune side measures."""
+    import torch
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 384), torch.randn(384, 1536)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = max(best, 2 * 2048 * 384 * 1536 / ((time.perf_counter() - start) / 10) / 1e9)
+    return best
+
+
+def matmul_flops(args):
+    """Matrix-product FLOPs each side executes: PyTorch on every padded
+    token, embedtune on real tokens only (it drops padding). A training step
+    is one forward over both views plus a backward of twice its cost."""
+    from transformers import AutoConfig, AutoTokenizer
+    cfg = AutoConfig.from_pretrained(args.model)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    texts = [l.strip() for l in open(args.data, encoding="utf-8") if l.strip()]
+
+    def seq(n):  # forward of one sequence of n tokens: projections, FFN, attention
+        return (2 * (4 * h * h + 2 * h * inter) * n + 4 * n * n * h) * layers
+
+    def lengths(ts):
+        return [len(ids) for ids in tok(ts, truncation=True, max_length=32)["input_ids"]]
+
+    embed = lengths(texts[: args.embed_sentences])
+    flops = {
+        ("embed", "pytorch"): sum(len(b) * seq(max(b)) for b in
+                                  (embed[i:i + 64] for i in range(0, len(embed), 64))),
+        ("embed", "embedtune"): sum(seq(n) for n in embed),
+        ("train", "pytorch"): 0,
+        ("train", "embedtune"): 0,
+    }
+    for s in range(args.train_steps):
+        i = (s + 1) * 64 % (len(texts) - 64)
+        b = lengths(texts[i:i + 64])
+        flops[("train", "pytorch")] += 3 * 128 * seq(max(b))
+        flops[("train", "embedtune")] += 3 * 2 * sum(seq(n) for n in b)
+    return flops
+
+
 def run(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,6 +160,9 @@ def main():
                 results.setdefault((mode, impl), []).append(res)
                 print(f"{mode:5} {impl:9} round {r + 1}: {res['sentences_per_s']:7.1f} sentences/s, "
                       f"peak {res['peak_rss_mib']:.0f} MiB", flush=True)
+    flops = matmul_flops(args)
+    peak = {"pytorch": torch_matmul_peak(args.threads),
+            "embedtune": run([args.embedtune, "matmul"])["matmul_gflops"]}
     print("\n| workload | PyTorch sent/s | embedtune sent/s | ratio | PyTorch peak MiB | embedtune peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for mode in ["embed", "train"]:
@@ -121,7 +170,18 @@ def main():
         mem = {i: max(r["peak_rss_mib"] for r in results[(mode, i)]) for i in ["pytorch", "embedtune"]}
         print(f"| {mode} | {med['pytorch']:.1f} | {med['embedtune']:.1f} | {med['embedtune'] / med['pytorch']:.2f}× "
               f"| {mem['pytorch']:.0f} | {mem['embedtune']:.0f} |")
+    print("\nMatrix products executed (forward + backward for train) per second, against each side's")
+    print(f"matmul peak on a 2048×384·384×1536 product (PyTorch {peak['pytorch']:.0f}, "
+          f"embedtune {peak['embedtune']:.0f} GFLOP/s):\n")
+    print("| workload | side | GFLOP per run | GFLOP/s | % of peak |")
+    print("|---|---|---:|---:|---:|")
+    for mode in ["embed", "train"]:
+        for impl in ["pytorch", "embedtune"]:
+            secs = statistics.median(r["seconds"] for r in results[(mode, impl)])
+            rate = flops[(mode, impl)] / secs / 1e9
+            print(f"| {mode} | {impl} | {flops[(mode, impl)] / 1e9:.0f} | {rate:.0f} | {100 * rate / peak[impl]:.0f}% |")
 
 
 if __name__ == "__main__":
     main()
+
