@@ -35,7 +35,14 @@ fn matmul_peak() -> f64 {
     for _ in 0..5 {
         let start = Instant::now();
         for _ in 0..10 {
-            matmul(&mut out, n, Mat::new(&a, m, k), Mat::new(&b, k, n), false, Threads::Pool);
+            matmul(
+                &mut out,
+                n,
+                Mat::new(&a, m, k),
+                Mat::new(&b, k, n),
+                false,
+                Threads::Pool,
+            );
         }
         let s = start.elapsed().as_secs_f64() / 10.0;
         best = best.max(2.0 * (m * k * n) as f64 / s / 1e9);
@@ -46,7 +53,10 @@ fn matmul_peak() -> f64 {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("matmul") {
-        println!("{}", serde_json::json!({"impl": "embedtune", "matmul_gflops": matmul_peak()}));
+        println!(
+            "{}",
+            serde_json::json!({"impl": "embedtune", "matmul_gflops": matmul_peak()})
+        );
         return Ok(());
     }
     let [_, model, file, mode, rest @ ..] = args.as_slice() else {

@@ -57,6 +57,24 @@ pub fn layer_norm(
     Some(NormSaved { xhat, rstd })
 }
 
+/// x̂ and 1/σ of rows of width `h`, as [`layer_norm`] saves them (for a
+/// backward pass that kept only the input).
+pub fn normalize(x: &[f32], h: usize, eps: f32) -> NormSaved {
+    let mut xhat = vec![0f32; x.len()];
+    let mut rstd = vec![0f32; x.len() / h];
+    xhat.par_chunks_mut(h)
+        .zip(rstd.par_iter_mut())
+        .zip(x.par_chunks(h))
+        .for_each(|((xh, rs), row)| {
+            let (mean, r) = row_stats(row, eps);
+            *rs = r;
+            xh.iter_mut()
+                .zip(row)
+                .for_each(|(o, v)| *o = (v - mean) * r);
+        });
+    NormSaved { xhat, rstd }
+}
+
 /// Gradients of [`layer_norm`] for upstream `dy`: writes `dx` and adds
 /// `Σ dy·x̂` to `dgamma`, `Σ dy` to `dbeta`.
 pub fn layer_norm_backward(
