@@ -1,0 +1,169 @@
+//! Packed rows (padding dropped) and dropout masks for the CPU pass.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// The batch with its padding dropped: each sequence's real tokens are
+/// consecutive rows of one `(rows, h)` matrix, so the linear layers, norms
+/// and activations never run on padding (a batch of book sentences is about
+/// 30% padding at length 32). Dropout masks keep their padded indexing, so
+/// they match the candle graph's draw for draw.
+#[derive(Clone)]
+pub(super) struct Packing {
+    /// sequences, padded length, hidden size, heads, head size
+    pub(super) b: usize,
+    pub(super) t: usize,
+    pub(super) h: usize,
+    pub(super) heads: usize,
+    pub(super) hd: usize,
+    /// First packed row of each sequence, and the total (b + 1 entries).
+    pub(super) starts: Vec<usize>,
+    /// First element of each sequence's `(heads, len, len)` attention
+    /// probabilities (b + 1 entries).
+    pub(super) prob_starts: Vec<usize>,
+    /// Padded position (`s·t + i`) of each packed row.
+    pub(super) padded_row: Vec<usize>,
+}
+
+impl Packing {
+    /// From a right-padded attention mask `(b, t)`.
+    pub(super) fn new(mask: &[u32], b: usize, t: usize, h: usize, heads: usize) -> Result<Self> {
+        let (mut starts, mut prob_starts, mut padded_row) = (vec![0], vec![0], Vec::new());
+        for s in 0..b {
+            let row = &mask[s * t..(s + 1) * t];
+            let len = row.iter().take_while(|&&m| m != 0).count();
+            if row[len..].iter().any(|&m| m != 0) {
+                return Err(Error::Invalid(
+                    "CPU pass: batches must be right-padded".into(),
+                ));
+            }
+            padded_row.extend((0..len).map(|i| s * t + i));
+            starts.push(starts[s] + len);
+            prob_starts.push(prob_starts[s] + heads * len * len);
+        }
+        Ok(Packing {
+            b,
+            t,
+            h,
+            heads,
+            hd: h / heads,
+            starts,
+            prob_starts,
+            padded_row,
+        })
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.starts[self.b]
+    }
+
+    pub(super) fn len(&self, s: usize) -> usize {
+        self.starts[s + 1] - self.starts[s]
+    }
+
+    /// Padded `(b, t, width)` data → packed rows.
+    pub(super) fn pack(&self, padded: &[f32], width: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows() * width];
+        out.par_chunks_mut(width)
+            .zip(self.padded_row.par_iter())
+            .for_each(|(o, &p)| o.copy_from_slice(&padded[p * width..][..width]));
+        out
+    }
+
+    /// Packed rows → padded `(b, t, h)`, zeros at padding.
+    pub(super) fn unpack(&self, packed: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.b * self.t * self.h];
+        self.unpack_into(packed, &mut out);
+        out
+    }
+
+    /// Packed rows → `out`, `(b, t, h)` and zero at padding.
+    pub(super) fn unpack_into(&self, packed: &[f32], out: &mut [f32]) {
+        let h = self.h;
+        out.par_chunks_mut(self.t * h)
+            .enumerate()
+            .for_each(|(s, seq)| {
+                let rows = &packed[self.starts[s] * h..self.starts[s + 1] * h];
+                seq[..rows.len()].copy_from_slice(rows);
+            });
+    }
+
+    /// Splits `buf` into one mutable piece per sequence, `bounds[s]·width`
+    /// to `bounds[s + 1]·width`.
+    pub(super) fn split<'a>(
+        &self,
+        mut buf: &'a mut [f32],
+        bounds: &[usize],
+        width: usize,
+    ) -> Vec<&'a mut [f32]> {
+        let mut pieces = Vec::with_capacity(self.b);
+        for s in 0..self.b {
+            let (piece, rest) = buf.split_at_mut((bounds[s + 1] - bounds[s]) * width);
+            pieces.push(piece);
+            buf = rest;
+        }
+        pieces
+    }
+}
+
+/// Which elements a dropout keeps, and the scale of those it keeps.
+pub(super) struct Keep {
+    pub(super) mask: Vec<u8>,
+    pub(super) scale: f32,
+}
+
+impl Keep {
+    pub(super) fn scale_at(&self, i: usize) -> f32 {
+        if self.mask[i] != 0 { self.scale } else { 0.0 }
+    }
+}
+
+/// Draws a mask exactly as [`crate::layers::Dropout`] does (same RNG calls,
+/// same order, over the padded shape), so both paths drop the same elements.
+pub(super) fn draw_keep(n: usize, p: f32, rng: Option<&mut Rng>) -> Option<Keep> {
+    let rng = rng?;
+    if p <= 0.0 {
+        return None;
+    }
+    if p >= 1.0 {
+        return Some(Keep {
+            mask: vec![0; n],
+            scale: 0.0,
+        });
+    }
+    let keep = 1.0 - p;
+    Some(Keep {
+        mask: (0..n).map(|_| (rng.next_f32() < keep) as u8).collect(),
+        scale: 1.0 / keep,
+    })
+}
+
+/// `x = dropout(x) + residual` on packed rows, in place (`residual` may be
+/// empty: then no residual is added).
+pub(super) fn dropout_add(x: &mut [f32], keep: Option<&Keep>, residual: &[f32], pk: &Packing) {
+    let h = pk.h;
+    x.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
+        if let Some(k) = keep {
+            let first = pk.padded_row[r] * h;
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(c, v)| *v *= k.scale_at(first + c));
+        }
+        if !residual.is_empty() {
+            row.iter_mut()
+                .zip(&residual[r * h..(r + 1) * h])
+                .for_each(|(v, res)| *v += res);
+        }
+    });
+}
+
+/// The gradient through a dropout on packed rows: `g · mask · scale`.
+pub(super) fn dropout_backward(g: &[f32], keep: Option<&Keep>, pk: &Packing) -> Vec<f32> {
+    let mut out = g.to_vec();
+    if keep.is_some() {
+        dropout_add(&mut out, keep, &[], pk);
+    }
+    out
+}
