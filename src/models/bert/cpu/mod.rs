@@ -7,9 +7,11 @@
 //! more than the matrix products themselves. This path computes the same
 //! function as [`super::BertModel`]'s candle graph (same arithmetic order,
 //! same dropout masks drawn from the same RNG in the same order), keeps only
-//! what its backward needs, and writes each weight's gradient once.
-//! `tests/cpu_backprop.rs` checks it against the candle graph: outputs and
-//! every weight gradient.
+//! what its backward needs, and writes each weight's gradient once. It runs
+//! on packed rows without padding (`packing`); `layer` and `attention` hold
+//! the per-layer forward and backward. `tests/encoder_training.rs` checks it
+//! against the candle graph: dropout masks, outputs and every weight
+//! gradient.
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor, Var};
