@@ -8,7 +8,7 @@ use crate::kernels::matmul::{Threads, linear, linear_backward};
 use crate::kernels::norm::{NormSaved, layer_norm, layer_norm_backward};
 use crate::rng::Rng;
 
-/// One layer's weights as slices, in [`params`] order.
+/// One layer's weights as slices, in the order of `params`.
 pub(super) struct LayerW<'a> {
     pub(super) qkv: [(&'a [f32], &'a [f32]); 3],
     pub(super) out: (&'a [f32], &'a [f32]),
@@ -99,7 +99,7 @@ pub(super) fn layer_forward(
 }
 
 /// Backward through one layer: adds its weight gradients to `grads` (in
-/// [`params`] order) and returns the gradient of its input `x`.
+/// the order of `params`) and returns the gradient of its input `x`.
 pub(super) fn layer_backward(
     layer: &Layer,
     w: &LayerW,
