@@ -72,7 +72,7 @@ fn pad(encoded: &[Encoded]) -> Batch {
 /// A scalar loss of the pooled train-mode output, with fixed dropout masks.
 fn loss(model: &LoadedEncoder, batch: &Batch, seed: u64) -> Tensor {
     model.encoder.set_seed(seed);
-    let out = model.encoder.forward(batch, true).unwrap();
+    let out = model.encoder.forward_graph(batch, true).unwrap();
     let pooled = Pooling::Mean.pool(&out, &batch.attention_mask).unwrap();
     let (b, h) = pooled.dims2().unwrap();
     let weights: Vec<f64> = (0..b * h)
@@ -246,7 +246,7 @@ fn cpu_training_pass_matches_the_candle_graph() {
     batch.token_type_ids = Tensor::from_vec(types, (3, 7), &Device::Cpu).unwrap();
 
     model.encoder.set_seed(21);
-    let graph_out = model.encoder.forward(&batch, true).unwrap();
+    let graph_out = model.encoder.forward_graph(&batch, true).unwrap();
     let graph_loss = loss_of(&graph_out, &batch);
     let graph_grads = graph_loss.backward().unwrap();
     let rng_after_graph = model.encoder.rng_state();
@@ -298,15 +298,15 @@ fn cpu_training_pass_matches_the_candle_graph() {
 
 #[test]
 fn cpu_inference_path_matches_the_candle_graph() {
-    // Immutable weights run the plain-CPU path; trainable ones the graph.
-    let fast = tiny_model(DType::F32, false);
+    // forward() takes the plain-CPU path for f32 on the CPU, trainable or not.
+    let fast = tiny_model(DType::F32, true);
     let graph = tiny_model(DType::F32, true);
     let batch = batch();
     for train in [false, true] {
         fast.encoder.set_seed(4);
         graph.encoder.set_seed(4);
         let a = fast.encoder.forward(&batch, train).unwrap();
-        let b = graph.encoder.forward(&batch, train).unwrap();
+        let b = graph.encoder.forward_graph(&batch, train).unwrap();
         assert_eq!(a.hidden_states.len(), b.hidden_states.len());
         for (x, y) in a.hidden_states.iter().zip(&b.hidden_states) {
             assert!(!x.track_op(), "inference output is not a graph");

@@ -47,8 +47,9 @@ pub trait TrainPass {
 /// What the rest of embedtune needs from a transformer encoder.
 pub trait Encoder: Send + Sync {
     /// Runs the encoder. `train` turns dropout on, with masks from the
-    /// encoder's own seeded RNG. When the weights are variables, the result
-    /// is differentiable through candle's autograd.
+    /// encoder's own seeded RNG. The result is differentiable (candle's
+    /// autograd, weights that are variables) only where
+    /// [`Encoder::forward_train`] gives `None`; training goes through that.
     fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput>;
     /// A train-mode forward with a hand-written backward, where the encoder
     /// has one for its device and dtype; `None`: use [`Encoder::forward`]

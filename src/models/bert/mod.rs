@@ -172,17 +172,14 @@ impl BertModel {
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
-}
 
-impl Encoder for BertModel {
-    fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
+    /// The encoder as a candle graph, differentiable through candle's
+    /// autograd when the weights are variables. [`Encoder::forward`] uses
+    /// it where there is no plain-CPU pass (other devices and dtypes); tests
+    /// use it as the reference for that pass.
+    pub fn forward_graph(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
         let mut guard = self.rng.lock().expect("dropout rng lock");
         let mut rng = train.then_some(&mut *guard);
-        // Weights that are variables get the candle graph (gradients flow
-        // through it); everything else takes the faster plain-CPU path.
-        if cpu::supported(self) && !self.embeddings.word.track_op() {
-            return cpu::forward(self, batch, rng);
-        }
         let dtype = self.embeddings.word.dtype();
         // Additive mask: 0 for tokens, the dtype's most negative value for
         // padding, as transformers does.
@@ -204,6 +201,16 @@ impl Encoder for BertModel {
         Ok(EncoderOutput {
             hidden_states: hidden,
         })
+    }
+}
+
+impl Encoder for BertModel {
+    fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
+        if cpu::supported(self) {
+            let mut rng = self.rng.lock().expect("dropout rng lock");
+            return cpu::forward(self, batch, train.then_some(&mut *rng));
+        }
+        self.forward_graph(batch, train)
     }
 
     fn forward_train(&self, batch: &Batch) -> Result<Option<Box<dyn TrainPass + '_>>> {
