@@ -167,3 +167,46 @@ pub(super) fn dropout_backward(g: &[f32], keep: Option<&Keep>, pk: &Packing) -> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_real_tokens_and_restores_padding_as_zeros() {
+        // Two sequences of length 3 (padded from 2 and 1 tokens), h = 2.
+        let pk = Packing::new(&[1, 1, 0, 1, 0, 0], 2, 3, 2, 1).unwrap();
+        assert_eq!(pk.starts, [0, 2, 3]);
+        assert_eq!(pk.prob_starts, [0, 4, 5]);
+        assert_eq!(pk.padded_row, [0, 1, 3]);
+        let padded: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let packed = pk.pack(&padded, 2);
+        assert_eq!(packed, [0.0, 1.0, 2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(
+            pk.unpack(&packed),
+            [0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 6.0, 7.0, 0.0, 0.0, 0.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn left_padding_is_an_error() {
+        assert!(Packing::new(&[0, 1, 1], 1, 3, 2, 1).is_err());
+    }
+
+    #[test]
+    fn dropout_uses_the_padded_position_of_each_row() {
+        let pk = Packing::new(&[1, 0, 1, 1], 2, 2, 1, 1).unwrap();
+        // Padded positions 0, 2, 3 are the packed rows; position 1 is padding.
+        let keep = Keep {
+            mask: vec![1, 0, 0, 1],
+            scale: 2.0,
+        };
+        let mut x = vec![1.0, 1.0, 1.0];
+        dropout_add(&mut x, Some(&keep), &[10.0, 20.0, 30.0], &pk);
+        assert_eq!(x, [12.0, 20.0, 32.0]);
+        assert_eq!(
+            dropout_backward(&[1.0, 1.0, 1.0], Some(&keep), &pk),
+            [2.0, 0.0, 2.0]
+        );
+    }
+}
