@@ -14,18 +14,9 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernels::activation::Activation;
+use crate::kernels::f32_data;
 use crate::kernels::norm::{layer_norm_backward, normalize};
 use crate::kernels::softmax::{softmax_row, softmax_row_backward};
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
 
 fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -80,10 +71,10 @@ impl candle_core::CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "layer norm input")?;
+        let x = f32_data(s1, l1, "layer norm input")?;
         let (g, b) = (
-            f32_slice(s2, l2, "layer norm weight")?,
-            f32_slice(s3, l3, "layer norm bias")?,
+            f32_data(s2, l2, "layer norm weight")?,
+            f32_data(s3, l3, "layer norm bias")?,
         );
         let mut out = vec![0f32; x.len()];
         crate::kernels::norm::layer_norm(x, g, b, self.eps, &mut out, false);
@@ -132,9 +123,9 @@ impl candle_core::CustomOp3 for LayerNormBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "layer norm input")?;
-        let g = f32_slice(s2, l2, "layer norm weight")?;
-        let dy = f32_slice(s3, l3, "layer norm gradient")?;
+        let x = f32_data(s1, l1, "layer norm input")?;
+        let g = f32_data(s2, l2, "layer norm weight")?;
+        let dy = f32_data(s3, l3, "layer norm gradient")?;
         let h = g.len();
         let rows = x.len() / h;
         let mut out = vec![0f32; (rows + 2) * h];
@@ -153,7 +144,7 @@ impl candle_core::CustomOp1 for SoftmaxOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "softmax input")?;
+        let x = f32_data(s, l, "softmax input")?;
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = x.to_vec();
         out.par_chunks_mut(n).for_each(softmax_row);
@@ -181,8 +172,8 @@ impl candle_core::CustomOp2 for SoftmaxBwdOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, "softmax output")?;
-        let g = f32_slice(s2, l2, "softmax gradient")?;
+        let y = f32_data(s1, l1, "softmax output")?;
+        let g = f32_data(s2, l2, "softmax gradient")?;
         let n = l1.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; y.len()];
         out.par_chunks_mut(n)
@@ -208,7 +199,7 @@ impl candle_core::CustomOp1 for GeluOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "gelu input")?;
+        let x = f32_data(s, l, "gelu input")?;
         let mut out = vec![0f32; x.len()];
         Activation::Gelu.forward(x, &mut out);
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -233,8 +224,8 @@ impl candle_core::CustomOp2 for GeluBwdOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "gelu input")?;
-        let mut out = f32_slice(s2, l2, "gelu gradient")?.to_vec();
+        let x = f32_data(s1, l1, "gelu input")?;
+        let mut out = f32_data(s2, l2, "gelu gradient")?.to_vec();
         Activation::Gelu.backward_inplace(x, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

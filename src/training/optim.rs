@@ -10,6 +10,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::kernels::{f32_data, f32_data_mut};
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -184,7 +186,7 @@ fn cpu_sum_sq(t: &Tensor) -> Option<f64> {
     let candle_core::Storage::Cpu(s) = &*storage else {
         return None;
     };
-    let v = f32_data(s, layout).ok()?;
+    let v = f32_data(s, layout, "gradient").ok()?;
     Some(
         v.par_chunks(1 << 16)
             .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
@@ -194,20 +196,6 @@ fn cpu_sum_sq(t: &Tensor) -> Option<f64> {
 
 fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
-}
-
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("AdamW: expected contiguous f32 data"),
-    }
-}
-
-fn f32_data_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("AdamW: expected contiguous f32 data"),
-    }
 }
 
 const CHUNK: usize = 1 << 14;
@@ -231,8 +219,8 @@ impl InplaceOp2 for Moment {
         g: &CpuStorage,
         g_l: &Layout,
     ) -> candle_core::Result<()> {
-        let m = f32_data_mut(dst, dst_l)?;
-        let g = f32_data(g, g_l)?;
+        let m = f32_data_mut(dst, dst_l, "AdamW moment")?;
+        let g = f32_data(g, g_l, "gradient")?;
         let (beta, rest, s) = (
             self.beta as f32,
             (1.0 - self.beta) as f32,
@@ -273,8 +261,11 @@ impl InplaceOp3 for FusedUpdate {
         v: &CpuStorage,
         v_l: &Layout,
     ) -> candle_core::Result<()> {
-        let theta = f32_data_mut(dst, dst_l)?;
-        let (m, v) = (f32_data(m, m_l)?, f32_data(v, v_l)?);
+        let theta = f32_data_mut(dst, dst_l, "AdamW parameter")?;
+        let (m, v) = (
+            f32_data(m, m_l, "AdamW moment")?,
+            f32_data(v, v_l, "AdamW moment")?,
+        );
         let decay = (1.0 - self.lr * self.p.weight_decay) as f32;
         let (lr, eps) = (self.lr as f32, self.p.eps as f32);
         let (ibc1, ibc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);

@@ -14,7 +14,7 @@
 //! gradient.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor, Var};
+use candle_core::{DType, Device, Layout, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 mod attention;
@@ -26,6 +26,7 @@ use packing::{Keep, Packing, draw_keep, dropout_add, dropout_backward};
 
 use super::{BertModel, Layer};
 use crate::error::{Error, Result};
+use crate::kernels::f32_data;
 use crate::kernels::matmul::Threads;
 use crate::kernels::norm::{NormSaved, layer_norm, layer_norm_backward};
 use crate::models::{EncoderOutput, TrainPass};
@@ -84,13 +85,10 @@ impl<'a> Reader<'a> {
 
     fn get(&self, i: usize) -> Result<&[f32]> {
         let (storage, layout) = &self.guards[i];
-        let Storage::Cpu(CpuStorage::F32(v)) = &**storage else {
-            return Err(Error::Invalid("CPU pass: expected f32 CPU tensors".into()));
+        let Storage::Cpu(s) = &**storage else {
+            return Err(Error::Invalid("CPU pass: expected CPU tensors".into()));
         };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| Error::Invalid("CPU pass: expected contiguous tensors".into()))?;
-        Ok(&v[a..b])
+        Ok(f32_data(s, layout, "CPU pass")?)
     }
 }
 
@@ -117,7 +115,8 @@ struct Tape {
     type_ids: Vec<u32>,
     emb_keep: Option<Keep>,
     emb_ln: NormSaved,
-    /// Packed input of each layer.
+    /// Packed input of each layer (filled by [`forward_train`] from the
+    /// hidden states, which [`run`] returns).
     inputs: Vec<Vec<f32>>,
     layers: Vec<LayerTape>,
 }
@@ -194,7 +193,7 @@ fn run(
         type_ids,
         emb_keep,
         emb_ln: emb_ln.expect("saved"),
-        inputs: hidden[..hidden.len() - 1].to_vec(),
+        inputs: Vec::new(),
         layers,
         pk: pk.clone(),
     });
@@ -229,19 +228,29 @@ pub(super) fn forward_train<'m>(
     batch: &Batch,
     rng: &mut Rng,
 ) -> Result<CpuTrainPass<'m>> {
-    let (hidden, pk, tape) = run(model, batch, Some(rng), true, Threads::Pool)?;
-    let hidden = padded_tensors(hidden, &pk)?
+    let (mut packed, pk, tape) = run(model, batch, Some(rng), true, Threads::Pool)?;
+    let hidden = packed
         .iter()
-        .map(|t| Ok(Var::from_tensor(t)?))
+        .map(|v| {
+            Ok(Var::from_vec(
+                pk.unpack(v),
+                (pk.b, pk.t, pk.h),
+                &Device::Cpu,
+            )?)
+        })
         .collect::<Result<Vec<_>>>()?;
     let output = EncoderOutput {
         hidden_states: hidden.iter().map(|v| v.as_tensor().clone()).collect(),
     };
+    let mut tape = tape.expect("saved");
+    // Layer l's input is hidden state l; the last one feeds no layer.
+    packed.pop();
+    tape.inputs = packed;
     Ok(CpuTrainPass {
         model,
         hidden,
         output,
-        tape: tape.expect("saved"),
+        tape,
     })
 }
 
