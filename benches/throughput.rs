@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use embedtune::diagnose::default_probe;
+use embedtune::layers::DropoutSeed;
 use embedtune::losses::{self, LossConfig};
 use embedtune::metrics::{self, Spectrum};
 use embedtune::rng::Rng;
@@ -67,12 +68,20 @@ fn train_step_batch_64(bencher: divan::Bencher) {
     let mut optim = AdamW::new(&vars, AdamWParams::default()).unwrap();
     let texts = sentences(64);
     let cfg = LossConfig::align_uniform();
+    let mut rng = Rng::new(0);
     bencher
         .counter(divan::counter::ItemsCount::new(64usize))
         .bench_local(|| {
-            train_step(&e, &mut optim, &texts, &cfg, 1e-5, Some(1.0), &mut |l| {
-                Ok(l)
-            })
+            train_step(
+                &e,
+                &mut optim,
+                DropoutSeed::draw(&mut rng),
+                &texts,
+                &cfg,
+                1e-5,
+                Some(1.0),
+                &mut |l| Ok(l),
+            )
             .unwrap()
         });
 }

@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
+use embedtune::layers::DropoutSeed;
 use embedtune::losses::LossConfig;
+use embedtune::rng::Rng;
 use embedtune::training::optim::{AdamW, AdamWParams};
 use embedtune::training::trainer::train_step;
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling, source};
@@ -81,9 +83,11 @@ fn main() -> anyhow::Result<()> {
         let mut optim = AdamW::new(&vars, AdamWParams::default())?;
         let cfg = LossConfig::align_uniform();
         // One warm-up step, not timed.
+        let mut rng = Rng::new(0);
         train_step(
             &embedder,
             &mut optim,
+            DropoutSeed::draw(&mut rng),
             &texts[..64],
             &cfg,
             1e-5,
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             train_step(
                 &embedder,
                 &mut optim,
+                DropoutSeed::draw(&mut rng),
                 batch,
                 &cfg,
                 1e-5,

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::inference::{Embedder, Embeddings};
+use crate::layers::DropoutSeed;
 use crate::metrics::{self, CosineHistogram, Spectrum};
 use crate::rng::Rng;
 
@@ -195,13 +196,13 @@ fn eval_pass(
     rng: &mut Rng,
 ) -> Result<EvalPass> {
     let dim = embedder.dim();
-    let layers = embedder.model().config.num_hidden_layers + 1;
+    let layers = embedder.model().encoder.num_layers() + 1;
     let mut layer_sums = vec![vec![0f64; dim]; layers];
     // Each sentence contributes up to two tokens with this probability.
     let keep = (opts.token_samples as f64 / (2.0 * texts.len() as f64)).min(1.0);
     let mut tokens = TokenSample::default();
     let pooling = embedder.pooling();
-    let pooled = embedder.embed_batches(texts, false, false, &mut |batch, output| {
+    let pooled = embedder.embed_batches(texts, None, false, &mut |batch, output| {
         for (l, hidden) in output.hidden_states.iter().enumerate() {
             let unit = crate::pooling::l2_normalize(
                 &pooling
@@ -305,16 +306,14 @@ impl TokenSample {
 }
 
 /// `mean ‖x − y‖²` of two train-mode (dropout) encodings of `texts`,
-/// masks from `seed`; the encoder's own RNG is left as it was.
+/// masks from `seed`.
 pub fn dropout_alignment(embedder: &Embedder, texts: &[String], seed: u64) -> Result<f64> {
-    let encoder = &embedder.model().encoder;
-    let saved = crate::models::Encoder::rng_state(encoder);
-    crate::models::Encoder::set_seed(encoder, seed);
+    let mut rng = Rng::new(seed);
     let mut views = Vec::with_capacity(2);
     for _ in 0..2 {
-        views.push(embedder.embed_batches(texts, true, false, &mut |_, _| Ok(()))?);
+        let dropout = Some(DropoutSeed::draw(&mut rng));
+        views.push(embedder.embed_batches(texts, dropout, false, &mut |_, _| Ok(()))?);
     }
-    crate::models::Encoder::set_rng_state(encoder, saved);
     metrics::alignment(&views[0], &views[1])
 }
 

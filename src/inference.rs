@@ -15,8 +15,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
+use crate::layers::DropoutSeed;
 use crate::models::sbert::SbertSettings;
-use crate::models::{Encoder, EncoderOutput, LoadedEncoder, ModelFiles, load_encoder};
+use crate::models::{EncoderOutput, LoadedEncoder, ModelFiles, load_encoder};
 use crate::pooling::{Pooling, l2_normalize};
 use crate::tokenize::{Batch, TextTokenizer, length_sorted_batches};
 
@@ -81,6 +82,10 @@ impl Embeddings {
 }
 
 /// A model ready to embed text.
+///
+/// An `Embedder` is `Send + Sync` and holds no lock while it embeds: share
+/// one (`&Embedder` or `Arc<Embedder>`) across threads and their calls run
+/// side by side.
 pub struct Embedder {
     files: ModelFiles,
     model: LoadedEncoder,
@@ -104,14 +109,14 @@ impl Embedder {
         let device = options.device.open()?;
         let settings = SbertSettings::read(&files)?;
         let model = load_encoder(&files, options.dtype, &device, options.trainable)?;
-        let limit = model.config.max_input_len();
+        let limit = model.encoder.max_input_len();
         let max_len = options
             .max_len
             .or(settings.max_seq_length)
             .unwrap_or(512)
             .min(limit);
         let tokenizer =
-            TextTokenizer::load(&files.tokenizer, max_len, model.config.pad_token_id as u32)?;
+            TextTokenizer::load(&files.tokenizer, max_len, model.encoder.pad_token_id())?;
         Ok(Embedder {
             pooling: options.pooling.or(settings.pooling).unwrap_or(Pooling::Cls),
             normalize: options.normalize.unwrap_or(settings.normalize),
@@ -135,25 +140,25 @@ impl Embedder {
         texts: &[S],
         progress: &mut dyn FnMut(usize),
     ) -> Result<Embeddings> {
-        self.embed_batches(texts, false, self.normalize, &mut |batch, _| {
+        self.embed_batches(texts, None, self.normalize, &mut |batch, _| {
             progress(batch.indices.len());
             Ok(())
         })
     }
 
-    /// Pooled embeddings in input order, in train (dropout) or eval mode,
-    /// unit-norm when `normalize`; `also` sees every batch and its encoder
-    /// output too (for figures beyond the pooled vectors).
+    /// Pooled embeddings in input order, in eval mode or, with `dropout`,
+    /// train mode; unit-norm when `normalize`; `also` sees every batch and
+    /// its encoder output too (for figures beyond the pooled vectors).
     pub fn embed_batches<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
-        train: bool,
+        dropout: Option<DropoutSeed>,
         normalize: bool,
         also: &mut dyn FnMut(&Batch, &EncoderOutput) -> Result<()>,
     ) -> Result<Embeddings> {
         let dim = self.dim();
         let mut data = vec![0f32; texts.len() * dim];
-        self.for_each_batch(texts, train, &mut |batch, output| {
+        self.for_each_batch(texts, dropout, &mut |batch, output| {
             let pooled = self.pooling.pool(output, &batch.attention_mask)?;
             let pooled = if normalize {
                 l2_normalize(&pooled)?
@@ -170,17 +175,18 @@ impl Embedder {
     }
 
     /// Tokenizes `texts` into length-sorted batches and runs the encoder on
-    /// each; `f` sees every batch with its output.
+    /// each (train mode with `dropout`); `f` sees every batch with its
+    /// output.
     pub fn for_each_batch<S: AsRef<str> + Sync>(
         &self,
         texts: &[S],
-        train: bool,
+        dropout: Option<DropoutSeed>,
         f: &mut dyn FnMut(&Batch, &EncoderOutput) -> Result<()>,
     ) -> Result<()> {
         let encoded = self.tokenizer.encode_all(texts)?;
         for indices in length_sorted_batches(&encoded, self.batch_size) {
             let batch = self.tokenizer.pad(&encoded, indices, &self.device)?;
-            let output = self.model.encoder.forward(&batch, train)?;
+            let output = self.model.encoder.forward(&batch, dropout)?;
             f(&batch, &output)?;
         }
         Ok(())

@@ -179,7 +179,7 @@ pub fn evaluate(embedder: &Embedder, pairs: &[StsPair]) -> Result<StsResult> {
             });
         }
     }
-    let emb = embedder.embed_batches(&unique, false, true, &mut |_, _| Ok(()))?;
+    let emb = embedder.embed_batches(&unique, None, true, &mut |_, _| Ok(()))?;
     let cosines: Vec<f64> = pairs
         .iter()
         .map(|p| {

@@ -2,10 +2,12 @@
 //! finite differences; dropout is real and reproducible.
 
 use candle_core::{DType, Device, Tensor, Var};
+use embedtune::layers::DropoutSeed;
 use embedtune::layers::Weights;
 use embedtune::models::bert::{BertConfig, init_weights};
-use embedtune::models::{Encoder, LoadedEncoder, build_encoder};
+use embedtune::models::{LoadedEncoder, build_encoder};
 use embedtune::pooling::Pooling;
+use embedtune::rng::Rng;
 use embedtune::tokenize::{Batch, Encoded};
 
 fn tiny_config() -> BertConfig {
@@ -71,8 +73,10 @@ fn pad(encoded: &[Encoded]) -> Batch {
 
 /// A scalar loss of the pooled train-mode output, with fixed dropout masks.
 fn loss(model: &LoadedEncoder, batch: &Batch, seed: u64) -> Tensor {
-    model.encoder.set_seed(seed);
-    let out = model.encoder.forward_graph(batch, true).unwrap();
+    let out = model
+        .encoder
+        .forward_graph(batch, Some(DropoutSeed(seed)))
+        .unwrap();
     let pooled = Pooling::Mean.pool(&out, &batch.attention_mask).unwrap();
     let (b, h) = pooled.dims2().unwrap();
     let weights: Vec<f64> = (0..b * h)
@@ -167,8 +171,8 @@ fn gradients_match_finite_differences_in_f64() {
     }
 }
 
-fn last_hidden(model: &LoadedEncoder, batch: &Batch, train: bool) -> Vec<f32> {
-    let out = model.encoder.forward(batch, train).unwrap();
+fn last_hidden(model: &LoadedEncoder, batch: &Batch, dropout: Option<DropoutSeed>) -> Vec<f32> {
+    let out = model.encoder.forward(batch, dropout).unwrap();
     out.last().flatten_all().unwrap().to_vec1().unwrap()
 }
 
@@ -176,23 +180,23 @@ fn last_hidden(model: &LoadedEncoder, batch: &Batch, train: bool) -> Vec<f32> {
 fn dropout_differs_in_train_mode_and_is_seeded() {
     let model = tiny_model(DType::F32, false);
     let batch = batch();
-    model.encoder.set_seed(1);
-    let a = last_hidden(&model, &batch, true);
-    let b = last_hidden(&model, &batch, true);
+    let mut rng = Rng::new(1);
+    let a = last_hidden(&model, &batch, Some(DropoutSeed::draw(&mut rng)));
+    let b = last_hidden(&model, &batch, Some(DropoutSeed::draw(&mut rng)));
     assert_ne!(a, b, "two train-mode passes must differ");
-    model.encoder.set_seed(1);
-    let a2 = last_hidden(&model, &batch, true);
+    let a2 = last_hidden(&model, &batch, Some(DropoutSeed::draw(&mut Rng::new(1))));
     assert_eq!(a, a2, "same seed must give the same masks");
-    model.encoder.set_seed(2);
-    assert_ne!(a, last_hidden(&model, &batch, true));
+    assert_ne!(a, last_hidden(&model, &batch, Some(DropoutSeed(2))));
+    let eval = last_hidden(&model, &batch, None);
+    assert_ne!(a, eval, "train mode must drop something");
 }
 
 #[test]
 fn eval_mode_is_deterministic_and_dropout_free() {
     let model = tiny_model(DType::F32, false);
     let batch = batch();
-    let a = last_hidden(&model, &batch, false);
-    let b = last_hidden(&model, &batch, false);
+    let a = last_hidden(&model, &batch, None);
+    let b = last_hidden(&model, &batch, None);
     assert_eq!(a, b, "eval passes must be bit-identical");
     // Agreement with the candle graph: cpu_inference_path_matches_the_candle_graph.
 }
@@ -245,20 +249,19 @@ fn cpu_training_pass_matches_the_candle_graph() {
     types[2 * 7 + 4..2 * 7 + 7].fill(1);
     batch.token_type_ids = Tensor::from_vec(types, (3, 7), &Device::Cpu).unwrap();
 
-    model.encoder.set_seed(21);
-    let graph_out = model.encoder.forward_graph(&batch, true).unwrap();
+    let graph_out = model
+        .encoder
+        .forward_graph(&batch, Some(DropoutSeed(21)))
+        .unwrap();
     let graph_loss = loss_of(&graph_out, &batch);
     let graph_grads = graph_loss.backward().unwrap();
-    let rng_after_graph = model.encoder.rng_state();
 
-    model.encoder.set_seed(21);
     let pass = model
         .encoder
-        .forward_train(&batch)
+        .forward_train(&batch, DropoutSeed(21))
         .unwrap()
         .expect("f32 on the CPU has a hand-written pass");
-    // Same dropout masks: the same number of draws, the same outputs.
-    assert_eq!(model.encoder.rng_state(), rng_after_graph);
+    // Same dropout masks, so the same outputs.
     for (a, b) in graph_out
         .hidden_states
         .iter()
@@ -303,10 +306,9 @@ fn cpu_inference_path_matches_the_candle_graph() {
     let graph = tiny_model(DType::F32, true);
     let batch = batch();
     for train in [false, true] {
-        fast.encoder.set_seed(4);
-        graph.encoder.set_seed(4);
-        let a = fast.encoder.forward(&batch, train).unwrap();
-        let b = graph.encoder.forward_graph(&batch, train).unwrap();
+        let dropout = train.then_some(DropoutSeed(4));
+        let a = fast.encoder.forward(&batch, dropout).unwrap();
+        let b = graph.encoder.forward_graph(&batch, dropout).unwrap();
         assert_eq!(a.hidden_states.len(), b.hidden_states.len());
         for (x, y) in a.hidden_states.iter().zip(&b.hidden_states) {
             assert!(!x.track_op(), "inference output is not a graph");
@@ -314,6 +316,49 @@ fn cpu_inference_path_matches_the_candle_graph() {
                 max_token_diff(x, y, &batch) < 1e-5,
                 "train={train}: outputs differ"
             );
+        }
+    }
+}
+
+#[test]
+fn train_mode_masks_do_not_depend_on_batching() {
+    // Rows keep their ids when a batch is split (as gradient caching does),
+    // and each part pads only to its own longest row: the outputs must be
+    // those of the whole batch, on both the CPU pass and the candle graph.
+    let model = tiny_model(DType::F32, false);
+    let whole = batch();
+    let seed = Some(DropoutSeed(9));
+    for graph in [false, true] {
+        let run = |b: &Batch| {
+            let out = if graph {
+                model.encoder.forward_graph(b, seed)
+            } else {
+                model.encoder.forward(b, seed)
+            };
+            out.unwrap().last().clone()
+        };
+        let all = run(&whole);
+        for (start, len) in [(0, 2), (2, 1)] {
+            let mut part = whole.rows(start, len).unwrap();
+            let t = (0..len)
+                .map(|r| {
+                    part.attention_mask
+                        .get(r)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<u32>()
+                        .unwrap() as usize
+                })
+                .max()
+                .unwrap();
+            part.input_ids = part.input_ids.narrow(1, 0, t).unwrap();
+            part.token_type_ids = part.token_type_ids.narrow(1, 0, t).unwrap();
+            part.attention_mask = part.attention_mask.narrow(1, 0, t).unwrap();
+            let expected = all.narrow(0, start, len).unwrap().narrow(1, 0, t).unwrap();
+            let got = run(&part);
+            let d = max_token_diff(&expected, &got, &part);
+            assert!(d < 1e-5, "graph={graph} rows {start}..: differ by {d}");
         }
     }
 }

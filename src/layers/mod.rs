@@ -2,14 +2,14 @@
 //! path that training uses.
 
 mod activation;
-mod dropout;
+pub mod dropout;
 pub mod fused;
 mod layer_norm;
 mod linear;
 mod weights;
 
 pub use activation::Activation;
-pub use dropout::Dropout;
+pub use dropout::{Dropout, DropoutCtx, DropoutSeed};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use weights::{Weights, WeightsView};

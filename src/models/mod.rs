@@ -14,8 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::layers::Weights;
-use crate::rng::Rng;
+use crate::layers::{DropoutSeed, Weights};
 use crate::tokenize::Batch;
 
 pub use files::{ModelFiles, ModelSource};
@@ -45,30 +44,44 @@ pub trait TrainPass {
 }
 
 /// What the rest of embedtune needs from a transformer encoder.
+///
+/// Train mode takes a [`DropoutSeed`] (`None`: eval mode) from which every
+/// dropout mask is computed (counter-based, see [`crate::layers::dropout`]),
+/// so an encoder holds no mutable state: one encoder can serve any number
+/// of threads at once, and whoever trains owns (and checkpoints) the RNG
+/// that seeds each pass.
 pub trait Encoder: Send + Sync {
-    /// Runs the encoder. `train` turns dropout on, with masks from the
-    /// encoder's own seeded RNG. The result is differentiable (candle's
-    /// autograd, weights that are variables) only where
-    /// [`Encoder::forward_train`] gives `None`; training goes through that.
-    fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput>;
+    /// The fastest forward pass for the encoder's device and dtype; not
+    /// necessarily differentiable.
+    fn forward(&self, batch: &Batch, dropout: Option<DropoutSeed>) -> Result<EncoderOutput>;
+    /// The encoder as a candle graph: differentiable through candle's
+    /// autograd when the weights are variables. Training uses it where
+    /// [`Encoder::forward_train`] gives `None`; tests use it as the
+    /// reference for the faster passes.
+    fn forward_graph(&self, batch: &Batch, dropout: Option<DropoutSeed>) -> Result<EncoderOutput>;
     /// A train-mode forward with a hand-written backward, where the encoder
-    /// has one for its device and dtype; `None`: use [`Encoder::forward`]
-    /// and candle's autograd. Both draw the same dropout masks.
-    fn forward_train(&self, _batch: &Batch) -> Result<Option<Box<dyn TrainPass + '_>>> {
+    /// has one for its device and dtype; `None`: use
+    /// [`Encoder::forward_graph`] and candle's autograd. Both compute the
+    /// same dropout masks from `dropout`.
+    fn forward_train(
+        &self,
+        _batch: &Batch,
+        _dropout: DropoutSeed,
+    ) -> Result<Option<Box<dyn TrainPass + '_>>> {
         Ok(None)
     }
     fn hidden_size(&self) -> usize;
+    /// Transformer layers (hidden states are one more: the embeddings).
     fn num_layers(&self) -> usize;
-    /// Reseeds the dropout RNG.
-    fn set_seed(&self, seed: u64);
-    fn rng_state(&self) -> Rng;
-    fn set_rng_state(&self, rng: Rng);
+    /// The longest input (in tokens) the position table allows.
+    fn max_input_len(&self) -> usize;
+    /// The id batches are padded with.
+    fn pad_token_id(&self) -> u32;
 }
 
-/// An encoder with its configuration and weights.
+/// An encoder with its weights.
 pub struct LoadedEncoder {
-    pub encoder: bert::BertModel,
-    pub config: bert::BertConfig,
+    pub encoder: Box<dyn Encoder>,
     /// Holds the variables of a trainable load and the original weight names.
     pub weights: Weights,
 }
@@ -97,10 +110,6 @@ pub fn build_encoder(
     } else {
         weights
     };
-    let encoder = bert::BertModel::load(&weights.view(), &config)?;
-    Ok(LoadedEncoder {
-        encoder,
-        config,
-        weights,
-    })
+    let encoder = Box::new(bert::BertModel::load(&weights.view(), &config)?);
+    Ok(LoadedEncoder { encoder, weights })
 }

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::inference::Embedder;
+use crate::layers::DropoutSeed;
 use crate::losses::{self, LossConfig};
 use crate::metrics;
-use crate::models::Encoder;
+use crate::rng::Rng;
 use crate::sts::{self, StsPair};
 use crate::training::checkpoint::{self, TrainState};
 use crate::training::data::{Corpus, EpochStream};
@@ -208,18 +209,13 @@ impl<'a> Trainer<'a> {
                 ckpt.state.step as u64,
                 embedder.device(),
             )?;
-            embedder
-                .model()
-                .encoder
-                .set_rng_state(ckpt.state.dropout_rng.clone());
             ckpt.state
         } else {
-            embedder.model().encoder.set_seed(cfg.seed);
             TrainState {
                 step: 0,
                 epoch: 0,
                 consumed: 0,
-                dropout_rng: embedder.model().encoder.rng_state(),
+                dropout_rng: Rng::new(cfg.seed),
                 best_spearman: None,
                 best_step: None,
                 fingerprint,
@@ -322,6 +318,7 @@ impl<'a> Trainer<'a> {
         let r = train_step(
             self.embedder,
             &mut self.optim,
+            DropoutSeed::draw(&mut self.state.dropout_rng),
             texts,
             &self.cfg.loss,
             lr,
@@ -372,7 +369,7 @@ impl<'a> Trainer<'a> {
             .collect();
         let (mut alignment, mut uniformity) = (f64::NAN, f64::NAN);
         if held.len() >= 2 {
-            let emb = e.embed_batches(&held, false, false, &mut |_, _| Ok(()))?;
+            let emb = e.embed_batches(&held, None, false, &mut |_, _| Ok(()))?;
             uniformity = metrics::pair_stats(&emb, 2.0, 10, self.cfg.seed)?.uniformity;
             alignment = crate::diagnose::dropout_alignment(e, &held, self.cfg.seed)?;
         }
@@ -407,7 +404,6 @@ impl<'a> Trainer<'a> {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        self.state.dropout_rng = self.embedder.model().encoder.rng_state();
         let weights = self.canonical_weights()?;
         let optim = &self.optim;
         checkpoint::save(&self.out, &self.state, &weights, |p| optim.save(p))?;
@@ -445,12 +441,15 @@ pub struct StepResult {
 }
 
 /// One optimisation step on `texts`: both dropout views in one forward of
-/// 2B rows, the loss, backward, clipping and an AdamW update at `lr`.
-/// `adjust` sees the loss before backward. A non-finite loss returns
-/// [`Error::NonFiniteLoss`] before any weight changes.
+/// 2B rows (masks from `dropout`, rows numbered 0..2B), the loss, backward, clipping and an
+/// AdamW update at `lr`. `adjust` sees the loss before backward. A
+/// non-finite loss returns [`Error::NonFiniteLoss`] before any weight
+/// changes.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     embedder: &Embedder,
     optim: &mut AdamW,
+    dropout: DropoutSeed,
     texts: &[String],
     loss_cfg: &LossConfig,
     lr: f64,
@@ -464,12 +463,12 @@ pub fn train_step(
         .tokenizer()
         .pad(&twice, (0..2 * b).collect(), embedder.device())?;
     let encoder = &embedder.model().encoder;
-    let pass = encoder.forward_train(&batch)?;
+    let pass = encoder.forward_train(&batch, dropout)?;
     let graph_output;
     let output = match &pass {
         Some(pass) => pass.output(),
         None => {
-            graph_output = encoder.forward(&batch, true)?;
+            graph_output = encoder.forward_graph(&batch, Some(dropout))?;
             &graph_output
         }
     };

@@ -6,18 +6,31 @@ mod config;
 mod cpu;
 mod init;
 
-use std::sync::Mutex;
-
 use candle_core::{DType, Tensor};
 
 pub use config::BertConfig;
 pub use init::init_weights;
 
 use crate::error::Result;
-use crate::layers::{Activation, Dropout, LayerNorm, Linear, WeightsView};
+use crate::layers::{Activation, Dropout, DropoutCtx, DropoutSeed, LayerNorm, Linear, WeightsView};
 use crate::models::{Encoder, EncoderOutput, TrainPass};
-use crate::rng::Rng;
 use crate::tokenize::Batch;
+
+/// Dropout sites (see [`crate::layers::dropout`]): the embeddings, then
+/// per layer the attention probabilities, the attention output and the
+/// feed-forward output. The graph and the CPU pass use the same numbers.
+mod site {
+    pub const EMBEDDINGS: u32 = 0;
+    pub fn probs(layer: usize) -> u32 {
+        1 + 3 * layer as u32
+    }
+    pub fn attention_output(layer: usize) -> u32 {
+        2 + 3 * layer as u32
+    }
+    pub fn ffn_output(layer: usize) -> u32 {
+        3 + 3 * layer as u32
+    }
+}
 
 struct Embeddings {
     word: Tensor,
@@ -44,7 +57,7 @@ impl Embeddings {
         })
     }
 
-    fn forward(&self, batch: &Batch, rng: Option<&mut Rng>) -> Result<Tensor> {
+    fn forward(&self, batch: &Batch, dropout: Option<DropoutCtx>) -> Result<Tensor> {
         let (b, t) = batch.input_ids.dims2()?;
         let h = self.word.dim(1)?;
         let ids = batch.input_ids.flatten_all()?;
@@ -58,7 +71,7 @@ impl Embeddings {
         let positions = self.position.narrow(0, self.position_offset, t)?;
         let x = words.add(&types)?.broadcast_add(&positions)?;
         let x = self.layer_norm.forward(&x)?;
-        self.dropout.forward(&x, rng)
+        self.dropout.forward(&x, dropout, site::EMBEDDINGS)
     }
 }
 
@@ -90,7 +103,13 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        dropout: Option<DropoutCtx>,
+        layer: usize,
+    ) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let hd = h / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
@@ -104,10 +123,14 @@ impl SelfAttention {
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = scores.broadcast_add(mask_bias)?;
         let probs = crate::layers::fused::softmax_last_dim(&scores)?;
-        let probs = self.probs_dropout.forward(&probs, rng.as_deref_mut())?;
+        let probs = self
+            .probs_dropout
+            .forward(&probs, dropout, site::probs(layer))?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let y = self.output.forward(&context)?;
-        let y = self.hidden_dropout.forward(&y, rng)?;
+        let y = self
+            .hidden_dropout
+            .forward(&y, dropout, site::attention_output(layer))?;
         self.layer_norm.forward(&y.add(x)?)
     }
 }
@@ -134,12 +157,19 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
-        let a = self.attention.forward(x, mask_bias, rng.as_deref_mut())?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        dropout: Option<DropoutCtx>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let a = self.attention.forward(x, mask_bias, dropout, layer)?;
         let y = self
             .activation
             .forward_tensor(&self.intermediate.forward(&a)?)?;
-        let y = self.dropout.forward(&self.output.forward(&y)?, rng)?;
+        let y = self.output.forward(&y)?;
+        let y = self.dropout.forward(&y, dropout, site::ffn_output(layer))?;
         self.layer_norm.forward(&y.add(&a)?)
     }
 }
@@ -149,8 +179,6 @@ pub struct BertModel {
     config: BertConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
-    /// Dropout masks come from here; a mutex so `forward` can take `&self`.
-    rng: Mutex<Rng>,
 }
 
 impl BertModel {
@@ -165,7 +193,6 @@ impl BertModel {
             config: config.clone(),
             embeddings,
             layers,
-            rng: Mutex::new(Rng::new(0)),
         })
     }
 
@@ -173,13 +200,12 @@ impl BertModel {
         &self.config
     }
 
-    /// The encoder as a candle graph, differentiable through candle's
-    /// autograd when the weights are variables. [`Encoder::forward`] uses
-    /// it where there is no plain-CPU pass (other devices and dtypes); tests
-    /// use it as the reference for that pass.
-    pub fn forward_graph(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
-        let mut guard = self.rng.lock().expect("dropout rng lock");
-        let mut rng = train.then_some(&mut *guard);
+    /// The candle graph ([`Encoder::forward_graph`]).
+    fn graph(&self, batch: &Batch, seed: Option<DropoutSeed>) -> Result<EncoderOutput> {
+        let dropout = seed.map(|seed| DropoutCtx {
+            seed,
+            rows: &batch.indices,
+        });
         let dtype = self.embeddings.word.dtype();
         // Additive mask: 0 for tokens, the dtype's most negative value for
         // padding, as transformers does.
@@ -192,10 +218,10 @@ impl BertModel {
         };
         let mask_bias = ((1.0 - &mask)? * neg)?.reshape((b, 1, 1, t))?;
         let mut hidden = Vec::with_capacity(self.layers.len() + 1);
-        let mut x = self.embeddings.forward(batch, rng.as_deref_mut())?;
-        for layer in &self.layers {
+        let mut x = self.embeddings.forward(batch, dropout)?;
+        for (l, layer) in self.layers.iter().enumerate() {
             hidden.push(x.clone());
-            x = layer.forward(&x, &mask_bias, rng.as_deref_mut())?;
+            x = layer.forward(&x, &mask_bias, dropout, l)?;
         }
         hidden.push(x);
         Ok(EncoderOutput {
@@ -205,20 +231,26 @@ impl BertModel {
 }
 
 impl Encoder for BertModel {
-    fn forward(&self, batch: &Batch, train: bool) -> Result<EncoderOutput> {
+    fn forward(&self, batch: &Batch, dropout: Option<DropoutSeed>) -> Result<EncoderOutput> {
         if cpu::supported(self) {
-            let mut rng = self.rng.lock().expect("dropout rng lock");
-            return cpu::forward(self, batch, train.then_some(&mut *rng));
+            return cpu::forward(self, batch, dropout);
         }
-        self.forward_graph(batch, train)
+        self.graph(batch, dropout)
     }
 
-    fn forward_train(&self, batch: &Batch) -> Result<Option<Box<dyn TrainPass + '_>>> {
+    fn forward_graph(&self, batch: &Batch, dropout: Option<DropoutSeed>) -> Result<EncoderOutput> {
+        self.graph(batch, dropout)
+    }
+
+    fn forward_train(
+        &self,
+        batch: &Batch,
+        dropout: DropoutSeed,
+    ) -> Result<Option<Box<dyn TrainPass + '_>>> {
         if !cpu::supported(self) {
             return Ok(None);
         }
-        let mut rng = self.rng.lock().expect("dropout rng lock");
-        Ok(Some(Box::new(cpu::forward_train(self, batch, &mut rng)?)))
+        Ok(Some(Box::new(cpu::forward_train(self, batch, dropout)?)))
     }
 
     fn hidden_size(&self) -> usize {
@@ -229,15 +261,11 @@ impl Encoder for BertModel {
         self.config.num_hidden_layers
     }
 
-    fn set_seed(&self, seed: u64) {
-        *self.rng.lock().expect("dropout rng lock") = Rng::new(seed);
+    fn max_input_len(&self) -> usize {
+        self.config.max_input_len()
     }
 
-    fn rng_state(&self) -> Rng {
-        self.rng.lock().expect("dropout rng lock").clone()
-    }
-
-    fn set_rng_state(&self, rng: Rng) {
-        *self.rng.lock().expect("dropout rng lock") = rng;
+    fn pad_token_id(&self) -> u32 {
+        self.config.pad_token_id as u32
     }
 }

@@ -6,7 +6,8 @@ use super::attention::{attention, attention_backward};
 use super::packing::{Keep, Packing, draw_keep, dropout_add, dropout_backward};
 use crate::kernels::matmul::{Threads, linear, linear_backward};
 use crate::kernels::norm::{NormSaved, layer_norm, layer_norm_backward};
-use crate::rng::Rng;
+use crate::layers::DropoutSeed;
+use crate::models::bert::site;
 
 /// One layer's weights as slices, in the order of `params`.
 pub(super) struct LayerW<'a> {
@@ -42,7 +43,7 @@ pub(super) fn layer_forward(
     w: &LayerW,
     pk: &Packing,
     x: &[f32],
-    mut rng: Option<&mut Rng>,
+    (dropout, l): (Option<DropoutSeed>, usize),
     save: bool,
     threads: Threads,
 ) -> (Vec<f32>, Option<LayerTape>) {
@@ -55,14 +56,18 @@ pub(super) fn layer_forward(
     });
     let att = &layer.attention;
     let probs_keep = draw_keep(
-        pk.b * pk.heads * pk.t * pk.t,
+        dropout,
+        site::probs(l),
         att.probs_dropout.p(),
-        rng.as_deref_mut(),
+        pk,
+        pk.heads,
+        pk.t,
     );
     let (probs, ctx) = attention(pk, &q, &k, &v, probs_keep.as_ref());
     let mut z1 = vec![0f32; n * h];
     linear(&mut z1, &ctx, w.out.0, w.out.1, n, threads);
-    let keep1 = draw_keep(pk.b * pk.t * h, att.hidden_dropout.p(), rng.as_deref_mut());
+    let p1 = att.hidden_dropout.p();
+    let keep1 = draw_keep(dropout, site::attention_output(l), p1, pk, 1, h);
     dropout_add(&mut z1, keep1.as_ref(), x, pk);
     let mut a = vec![0f32; n * h];
     let eps1 = att.layer_norm.eps() as f32;
@@ -75,7 +80,7 @@ pub(super) fn layer_forward(
     layer.activation.forward(&f, &mut g);
     let mut z2 = vec![0f32; n * h];
     linear(&mut z2, &g, w.out2.0, w.out2.1, n, threads);
-    let keep2 = draw_keep(pk.b * pk.t * h, layer.dropout.p(), rng);
+    let keep2 = draw_keep(dropout, site::ffn_output(l), layer.dropout.p(), pk, 1, h);
     dropout_add(&mut z2, keep2.as_ref(), &a, pk);
     let mut y = vec![0f32; n * h];
     let eps2 = layer.layer_norm.eps() as f32;

@@ -24,13 +24,13 @@ mod packing;
 use layer::{LayerTape, LayerW, layer_backward, layer_forward};
 use packing::{Keep, Packing, draw_keep, dropout_add, dropout_backward};
 
-use super::{BertModel, Layer};
+use super::{BertModel, Layer, site};
 use crate::error::{Error, Result};
 use crate::kernels::f32_data;
 use crate::kernels::matmul::Threads;
 use crate::kernels::norm::{NormSaved, layer_norm, layer_norm_backward};
+use crate::layers::DropoutSeed;
 use crate::models::{EncoderOutput, TrainPass};
-use crate::rng::Rng;
 use crate::tokenize::Batch;
 
 /// Whether this path can run `model`: f32 weights on the CPU.
@@ -121,13 +121,13 @@ struct Tape {
     layers: Vec<LayerTape>,
 }
 
-/// Runs the encoder on packed rows. With `rng`, dropout is on (train mode);
+/// Runs the encoder on packed rows. With `dropout`, dropout is on (train mode);
 /// with `save`, the tape for the backward pass is kept; `threads` says how
 /// the large products run. Returns every hidden state, packed.
 fn run(
     model: &BertModel,
     batch: &Batch,
-    mut rng: Option<&mut Rng>,
+    dropout: Option<DropoutSeed>,
     save: bool,
     threads: Threads,
 ) -> Result<(Vec<Vec<f32>>, Packing, Option<Tape>)> {
@@ -135,7 +135,13 @@ fn run(
     let (b, t) = batch.input_ids.dims2()?;
     let h = cfg.hidden_size;
     let mask = batch.attention_mask.flatten_all()?.to_vec1::<u32>()?;
-    let pk = Packing::new(&mask, b, t, h, cfg.num_attention_heads)?;
+    if batch.indices.len() != b {
+        return Err(Error::Invalid(format!(
+            "batch of {b} rows has {} row ids",
+            batch.indices.len()
+        )));
+    }
+    let pk = Packing::new(&mask, &batch.indices, t, h, cfg.num_attention_heads)?;
     let all_ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
     let all_types = batch.token_type_ids.flatten_all()?.to_vec1::<u32>()?;
     let ids: Vec<u32> = pk.padded_row.iter().map(|&p| all_ids[p]).collect();
@@ -176,7 +182,7 @@ fn run(
     let eps = e.layer_norm.eps() as f32;
     let emb_ln = layer_norm(&emb, reader.get(3)?, reader.get(4)?, eps, &mut x, save);
     drop(emb);
-    let emb_keep = draw_keep(b * t * h, e.dropout.p(), rng.as_deref_mut());
+    let emb_keep = draw_keep(dropout, site::EMBEDDINGS, e.dropout.p(), &pk, 1, h);
     dropout_add(&mut x, emb_keep.as_ref(), &[], &pk);
 
     let mut hidden = vec![x];
@@ -184,7 +190,7 @@ fn run(
     for (l, layer) in model.layers.iter().enumerate() {
         let w = layer_weights(&reader, l)?;
         let x = hidden.last().expect("embedding output");
-        let (y, tape) = layer_forward(layer, &w, &pk, x, rng.as_deref_mut(), save, threads);
+        let (y, tape) = layer_forward(layer, &w, &pk, x, (dropout, l), save, threads);
         hidden.push(y);
         layers.extend(tape);
     }
@@ -226,9 +232,9 @@ fn padded_tensors(hidden: Vec<Vec<f32>>, pk: &Packing) -> Result<Vec<Tensor>> {
 pub(super) fn forward_train<'m>(
     model: &'m BertModel,
     batch: &Batch,
-    rng: &mut Rng,
+    dropout: DropoutSeed,
 ) -> Result<CpuTrainPass<'m>> {
-    let (mut packed, pk, tape) = run(model, batch, Some(rng), true, Threads::Pool)?;
+    let (mut packed, pk, tape) = run(model, batch, Some(dropout), true, Threads::Pool)?;
     let hidden = packed
         .iter()
         .map(|v| {
@@ -258,17 +264,17 @@ pub(super) fn forward_train<'m>(
 /// group per thread, each run with single-threaded products: independent
 /// groups skip the synchronisation inside every product and keep each
 /// core's cache to itself (about 10% faster on two cores than splitting
-/// each product). Dropout masks follow the whole batch, so a train-mode
-/// pass runs as one group.
+/// each product). A train-mode pass runs as one group too (the masks would
+/// allow groups; training takes [`forward_train`]).
 pub(super) fn forward(
     model: &BertModel,
     batch: &Batch,
-    rng: Option<&mut Rng>,
+    dropout: Option<DropoutSeed>,
 ) -> Result<EncoderOutput> {
     let b = batch.input_ids.dim(0)?;
     let groups = rayon::current_num_threads().min(b);
-    if rng.is_some() || groups < 2 {
-        let (hidden, pk, _) = run(model, batch, rng, false, Threads::Pool)?;
+    if dropout.is_some() || groups < 2 {
+        let (hidden, pk, _) = run(model, batch, dropout, false, Threads::Pool)?;
         return Ok(EncoderOutput {
             hidden_states: padded_tensors(hidden, &pk)?,
         });

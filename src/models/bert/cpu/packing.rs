@@ -3,7 +3,8 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::layers::DropoutSeed;
+use crate::layers::dropout::keep_mask;
 
 /// The batch with its padding dropped: each sequence's real tokens are
 /// consecutive rows of one `(rows, h)` matrix, so the linear layers, norms
@@ -25,11 +26,20 @@ pub(super) struct Packing {
     pub(super) prob_starts: Vec<usize>,
     /// Padded position (`s·t + i`) of each packed row.
     pub(super) padded_row: Vec<usize>,
+    /// The batch's row ids (`Batch::indices`), which key the dropout masks.
+    pub(super) rows_ids: Vec<usize>,
 }
 
 impl Packing {
-    /// From a right-padded attention mask `(b, t)`.
-    pub(super) fn new(mask: &[u32], b: usize, t: usize, h: usize, heads: usize) -> Result<Self> {
+    /// From a right-padded attention mask `(b, t)` and the batch's row ids.
+    pub(super) fn new(
+        mask: &[u32],
+        rows_ids: &[usize],
+        t: usize,
+        h: usize,
+        heads: usize,
+    ) -> Result<Self> {
+        let b = rows_ids.len();
         let (mut starts, mut prob_starts, mut padded_row) = (vec![0], vec![0], Vec::new());
         for s in 0..b {
             let row = &mask[s * t..(s + 1) * t];
@@ -52,6 +62,7 @@ impl Packing {
             starts,
             prob_starts,
             padded_row,
+            rows_ids: rows_ids.to_vec(),
         })
     }
 
@@ -120,23 +131,31 @@ impl Keep {
     }
 }
 
-/// Draws a mask exactly as [`crate::layers::Dropout`] does (same RNG calls,
-/// same order, over the padded shape), so both paths drop the same elements.
-pub(super) fn draw_keep(n: usize, p: f32, rng: Option<&mut Rng>) -> Option<Keep> {
-    let rng = rng?;
+/// The mask of dropout `site` with drop probability `p` over the padded
+/// `(b, groups, t, cols)` layout, as [`crate::layers::Dropout`] computes it
+/// for the candle graph; `None` in eval mode or when `p` is 0.
+pub(super) fn draw_keep(
+    seed: Option<DropoutSeed>,
+    site: u32,
+    p: f32,
+    pk: &Packing,
+    groups: usize,
+    cols: usize,
+) -> Option<Keep> {
+    let seed = seed?;
     if p <= 0.0 {
         return None;
     }
+    let n = pk.b * groups * pk.t * cols;
     if p >= 1.0 {
         return Some(Keep {
             mask: vec![0; n],
             scale: 0.0,
         });
     }
-    let keep = 1.0 - p;
     Some(Keep {
-        mask: (0..n).map(|_| (rng.next_f32() < keep) as u8).collect(),
-        scale: 1.0 / keep,
+        mask: keep_mask(seed.site(site), p, &pk.rows_ids, groups, pk.t, cols),
+        scale: 1.0 / (1.0 - p),
     })
 }
 
@@ -175,7 +194,7 @@ mod tests {
     #[test]
     fn packs_real_tokens_and_restores_padding_as_zeros() {
         // Two sequences of length 3 (padded from 2 and 1 tokens), h = 2.
-        let pk = Packing::new(&[1, 1, 0, 1, 0, 0], 2, 3, 2, 1).unwrap();
+        let pk = Packing::new(&[1, 1, 0, 1, 0, 0], &[0, 1], 3, 2, 1).unwrap();
         assert_eq!(pk.starts, [0, 2, 3]);
         assert_eq!(pk.prob_starts, [0, 4, 5]);
         assert_eq!(pk.padded_row, [0, 1, 3]);
@@ -190,12 +209,12 @@ mod tests {
 
     #[test]
     fn left_padding_is_an_error() {
-        assert!(Packing::new(&[0, 1, 1], 1, 3, 2, 1).is_err());
+        assert!(Packing::new(&[0, 1, 1], &[0], 3, 2, 1).is_err());
     }
 
     #[test]
     fn dropout_uses_the_padded_position_of_each_row() {
-        let pk = Packing::new(&[1, 0, 1, 1], 2, 2, 1, 1).unwrap();
+        let pk = Packing::new(&[1, 0, 1, 1], &[0, 1], 2, 1, 1).unwrap();
         // Padded positions 0, 2, 3 are the packed rows; position 1 is padding.
         let keep = Keep {
             mask: vec![1, 0, 0, 1],
