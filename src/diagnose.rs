@@ -84,9 +84,18 @@ pub struct Diagnosis {
     /// two (uncentered) principal directions.
     #[serde(skip)]
     pub circle_angles: Vec<f64>,
+    /// `‖x − y‖` of each positive pair behind `alignment`.
+    #[serde(skip)]
+    pub alignment_distances: Vec<f64>,
 }
 
 impl Diagnosis {
+    /// The same figures under another model name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.model = name.to_string();
+        self
+    }
+
     /// One line in plain words.
     pub fn verdict(&self) -> String {
         let c = self.avg_cosine;
@@ -126,13 +135,10 @@ pub fn diagnose(
     let raw = Spectrum::of(pooled, true)?;
     let uncentered = Spectrum::of(&unit, false)?;
     let alignment_texts = sample(&texts, Some(opts.alignment_samples), &mut rng);
-    let (alignment, alignment_n) = if !alignment_texts.is_empty() {
-        (
-            dropout_alignment(embedder, &alignment_texts, opts.seed)?,
-            alignment_texts.len(),
-        )
+    let alignment_distances = if alignment_texts.is_empty() {
+        Vec::new()
     } else {
-        (0.0, 0)
+        dropout_distances(embedder, &alignment_texts, opts.seed)?
     };
     Ok(Diagnosis {
         model: embedder.files().name.clone(),
@@ -143,8 +149,8 @@ pub fn diagnose(
         pairs_exact: pair_stats.exact,
         avg_cosine: metrics::avg_cosine(pooled)?,
         uniformity: pair_stats.uniformity,
-        alignment,
-        alignment_n,
+        alignment: mean_square(&alignment_distances),
+        alignment_n: alignment_distances.len(),
         top1_variance_ratio: metrics::top1_variance_ratio(&centered),
         effective_rank: metrics::effective_rank(&centered),
         mean_vector_norm: metrics::mean_vector_norm(pooled),
@@ -154,6 +160,7 @@ pub fn diagnose(
         token_samples: pass.tokens.count(),
         histogram: pair_stats.histogram,
         circle_angles: circle_angles(&unit, &uncentered),
+        alignment_distances,
     })
 }
 
@@ -195,7 +202,7 @@ fn eval_pass(
     opts: &DiagnoseOptions,
     rng: &mut Rng,
 ) -> Result<EvalPass> {
-    let dim = embedder.dim();
+    let dim = embedder.hidden_size();
     let layers = embedder.model().encoder.num_layers() + 1;
     let mut layer_sums = vec![vec![0f64; dim]; layers];
     // Each sentence contributes up to two tokens with this probability.
@@ -308,13 +315,23 @@ impl TokenSample {
 /// `mean ‖x − y‖²` of two train-mode (dropout) encodings of `texts`,
 /// masks from `seed`.
 pub fn dropout_alignment(embedder: &Embedder, texts: &[String], seed: u64) -> Result<f64> {
+    Ok(mean_square(&dropout_distances(embedder, texts, seed)?))
+}
+
+/// `‖x − y‖` between the unit vectors of two train-mode (dropout) encodings
+/// of each text, masks from `seed`.
+pub fn dropout_distances(embedder: &Embedder, texts: &[String], seed: u64) -> Result<Vec<f64>> {
     let mut rng = Rng::new(seed);
     let mut views = Vec::with_capacity(2);
     for _ in 0..2 {
         let dropout = Some(DropoutSeed::draw(&mut rng));
         views.push(embedder.embed_batches(texts, dropout, false, &mut |_, _| Ok(()))?);
     }
-    metrics::alignment(&views[0], &views[1])
+    metrics::pair_distances(&views[0], &views[1])
+}
+
+fn mean_square(v: &[f64]) -> f64 {
+    v.iter().map(|d| d * d).sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Angles of the unit rows projected onto the top two principal directions

@@ -1,4 +1,5 @@
-//! Sentences in, sentence vectors out: tokenizer + encoder + pooling.
+//! Sentences in, sentence vectors out: tokenizer + encoder + pooling (+ the
+//! model's Dense module, + normalising).
 //!
 //! ```no_run
 //! use embedtune::{Embedder, EmbedderOptions};
@@ -13,6 +14,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::dense::Dense;
 use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::layers::DropoutSeed;
@@ -91,6 +93,8 @@ pub struct Embedder {
     model: LoadedEncoder,
     tokenizer: TextTokenizer,
     pooling: Pooling,
+    /// The model's Dense module (frozen), applied after pooling.
+    dense: Option<Dense>,
     normalize: bool,
     batch_size: usize,
     device: Device,
@@ -117,7 +121,25 @@ impl Embedder {
             .min(limit);
         let tokenizer =
             TextTokenizer::load(&files.tokenizer, max_len, model.encoder.pad_token_id())?;
+        let dense = settings
+            .dense
+            .as_ref()
+            .map(|f| Dense::load(f, options.dtype, &device))
+            .transpose()?;
+        if let Some(d) = &dense
+            && d.in_features() != model.encoder.hidden_size()
+        {
+            return Err(Error::Model {
+                model: files.name.clone(),
+                message: format!(
+                    "its Dense module takes {} features but the encoder gives {}",
+                    d.in_features(),
+                    model.encoder.hidden_size()
+                ),
+            });
+        }
         Ok(Embedder {
+            dense,
             pooling: options.pooling.or(settings.pooling).unwrap_or(Pooling::Cls),
             normalize: options.normalize.unwrap_or(settings.normalize),
             batch_size: options.batch_size,
@@ -159,7 +181,7 @@ impl Embedder {
         let dim = self.dim();
         let mut data = vec![0f32; texts.len() * dim];
         self.for_each_batch(texts, dropout, &mut |batch, output| {
-            let pooled = self.pooling.pool(output, &batch.attention_mask)?;
+            let pooled = self.sentence_embeddings(output, &batch.attention_mask)?;
             let pooled = if normalize {
                 l2_normalize(&pooled)?
             } else {
@@ -192,9 +214,24 @@ impl Embedder {
         Ok(())
     }
 
-    /// Pools (and normalises, when set) the encoder output of one batch.
+    /// The sentence embeddings of one batch's encoder output, before any
+    /// normalising: pooled, then through the Dense module when the model has
+    /// one. Differentiable (training goes through here too).
+    pub fn sentence_embeddings(
+        &self,
+        output: &EncoderOutput,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let pooled = self.pooling.pool(output, attention_mask)?;
+        match &self.dense {
+            Some(d) => d.forward(&pooled),
+            None => Ok(pooled),
+        }
+    }
+
+    /// The embeddings of one batch, normalised when set.
     pub fn pool(&self, output: &EncoderOutput, batch: &Batch) -> Result<Tensor> {
-        let pooled = self.pooling.pool(output, &batch.attention_mask)?;
+        let pooled = self.sentence_embeddings(output, &batch.attention_mask)?;
         if self.normalize {
             l2_normalize(&pooled)
         } else {
@@ -220,8 +257,18 @@ impl Embedder {
     pub fn max_len(&self) -> usize {
         self.tokenizer.max_len()
     }
+    /// Dimensions of the embeddings (the Dense module's output, if any).
     pub fn dim(&self) -> usize {
+        self.dense
+            .as_ref()
+            .map_or_else(|| self.hidden_size(), Dense::out_features)
+    }
+    /// Dimensions of the encoder's hidden states.
+    pub fn hidden_size(&self) -> usize {
         self.model.encoder.hidden_size()
+    }
+    pub fn dense(&self) -> Option<&Dense> {
+        self.dense.as_ref()
     }
     pub fn device(&self) -> &Device {
         &self.device

@@ -2,11 +2,13 @@
 //!
 //! The data flow, one module per stage:
 //! text [`source`] → [`tokenize`] (batches) → encoder ([`models`], built from
-//! [`layers`]) → [`pooling`] → either [`losses`] and [`training`] (`fit`), or
-//! [`metrics`], [`diagnose`], [`sts`] and [`report`] → [`output`] (embedding
-//! files, model folders). [`inference`]'s [`Embedder`] ties the inference
+//! [`layers`]) → [`pooling`] (→ a [`dense`] map, such as the one [`whiten`]
+//! computes) → either [`losses`] and [`training`] (`fit`), or [`metrics`],
+//! [`diagnose`], [`sts`] and [`report`] → [`output`] (embedding files, model
+//! folders). [`inference`]'s [`Embedder`] ties the inference
 //! path together.
 
+pub mod dense;
 pub mod device;
 pub mod diagnose;
 pub mod error;
@@ -24,6 +26,7 @@ pub mod source;
 pub mod sts;
 pub mod tokenize;
 pub mod training;
+pub mod whiten;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};

@@ -5,13 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, ValueEnum};
 use embedtune::losses::LossConfig;
 use embedtune::training::optim::AdamWParams;
-use embedtune::training::{
-    self, CorpusOptions, FitJob, FitOutcome, Observer, StepRecord, TrainConfig,
-};
+use embedtune::training::{self, FitJob, FitOutcome, Observer, StepRecord, TrainConfig};
 use embedtune::{DeviceSpec, Pooling};
 use indicatif::ProgressBar;
 
-use super::progress;
+use super::{CorpusArgs, progress};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LossKind {
@@ -34,9 +32,6 @@ pub struct FitArgs {
     /// Output folder for the fine-tuned model (sentence-transformers layout).
     #[arg(long)]
     out: PathBuf,
-    /// Text column of tabular files.
-    #[arg(long, default_value = "text")]
-    column: String,
     /// cls, mean or max [default: the model's pooling, else cls]
     #[arg(long)]
     pooling: Option<Pooling>,
@@ -69,6 +64,9 @@ pub struct FitArgs {
     max_grad_norm: f64,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Gradient caching: encode the batch's 2 × B rows in chunks of this many (same gradients, memory of a chunk).
+    #[arg(long)]
+    mini_batch: Option<usize>,
     #[arg(long, default_value_t = 32)]
     max_len: usize,
     #[arg(long, default_value_t = 1)]
@@ -88,24 +86,8 @@ pub struct FitArgs {
     /// Write a train_log.jsonl record every N steps.
     #[arg(long, default_value_t = 1)]
     log_every: usize,
-    /// Keep sentences with at least this many words.
-    #[arg(long)]
-    min_words: Option<usize>,
-    /// Keep sentences with at most this many words.
-    #[arg(long)]
-    max_words: Option<usize>,
-    /// Keep duplicate sentences.
-    #[arg(long)]
-    no_dedup: bool,
-    /// Train on at most N sentences.
-    #[arg(long)]
-    max_samples: Option<usize>,
-    /// Sentences held back from training for evaluation.
-    #[arg(long, default_value_t = 1000)]
-    holdout: usize,
-    /// Sentences in the shuffle buffer.
-    #[arg(long, default_value_t = 100_000)]
-    shuffle_buffer: usize,
+    #[command(flatten)]
+    corpus: CorpusArgs,
     /// Continue the run whose checkpoints are in --out.
     #[arg(long)]
     resume: bool,
@@ -201,16 +183,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         model: args.model.clone(),
         data: args.data.clone(),
         out: args.out.clone(),
-        corpus: CorpusOptions {
-            column: args.column.clone(),
-            min_words: args.min_words,
-            max_words: args.max_words,
-            dedup: !args.no_dedup,
-            max_samples: args.max_samples,
-            shuffle_buffer: args.shuffle_buffer,
-            holdout: args.holdout,
-            seed: args.seed,
-        },
+        corpus: args.corpus.options(args.seed),
         train: TrainConfig {
             loss: args.loss(),
             lr: args.lr,
@@ -221,6 +194,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
             warmup_ratio: args.warmup_ratio,
             max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
             batch_size: args.batch_size,
+            mini_batch: args.mini_batch,
             epochs: args.epochs,
             steps: args.steps,
             seed: args.seed,
@@ -263,23 +237,12 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
                 args.out.display(),
                 r.saved_step
             );
-            println!(
-                "{:<22}{:>10}{:>10}",
-                "held-back sentences", "before", "after"
+            super::print_before_after(
+                &r.before,
+                &r.after,
+                r.sts_before.as_ref(),
+                r.sts_after.as_ref(),
             );
-            for (k, b, a) in [
-                ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
-                ("uniformity", r.before.uniformity, r.after.uniformity),
-                ("alignment", r.before.alignment, r.after.alignment),
-            ] {
-                println!("{k:<22}{b:>10.4}{a:>10.4}");
-            }
-            if let (Some(b), Some(a)) = (r.sts_before, r.sts_after) {
-                println!(
-                    "{:<22}{:>10.2}{:>10.2}",
-                    "STS Spearman", b.spearman, a.spearman
-                );
-            }
         }
     }
     Ok(())

@@ -6,8 +6,12 @@ mod embed;
 mod eval;
 mod fit;
 mod progress;
+mod whiten;
 
 use clap::{Args, Parser, Subcommand};
+use embedtune::diagnose::Diagnosis;
+use embedtune::sts::StsResult;
+use embedtune::training::CorpusOptions;
 use embedtune::{DeviceSpec, EmbedderOptions, Pooling};
 
 #[derive(Parser)]
@@ -31,6 +35,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fine-tune with alignment + uniformity (or InfoNCE) on dropout pairs; saves a sentence-transformers model.
     Fit(fit::FitArgs),
+    /// Post-hoc whitening or all-but-the-top from unlabeled text, saved as a Dense module.
+    Whiten(whiten::WhitenArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diagnose(args) => diagnose::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Fit(args) => fit::run(args),
+        Command::Whiten(args) => whiten::run(args),
     }
 }
 
@@ -71,5 +78,72 @@ impl ModelArgs {
             device: self.device,
             ..EmbedderOptions::default()
         }
+    }
+}
+
+/// How a corpus is read and split (`fit`, `whiten`).
+#[derive(Args, Debug, Clone)]
+pub struct CorpusArgs {
+    /// Text column of tabular files.
+    #[arg(long, default_value = "text")]
+    pub column: String,
+    /// Keep sentences with at least this many words.
+    #[arg(long)]
+    pub min_words: Option<usize>,
+    /// Keep sentences with at most this many words.
+    #[arg(long)]
+    pub max_words: Option<usize>,
+    /// Keep duplicate sentences.
+    #[arg(long)]
+    pub no_dedup: bool,
+    /// Use at most N sentences.
+    #[arg(long)]
+    pub max_samples: Option<usize>,
+    /// Sentences held back for evaluation.
+    #[arg(long, default_value_t = 1000)]
+    pub holdout: usize,
+    /// Sentences in the shuffle buffer.
+    #[arg(long, default_value_t = 100_000)]
+    pub shuffle_buffer: usize,
+}
+
+impl CorpusArgs {
+    pub fn options(&self, seed: u64) -> CorpusOptions {
+        CorpusOptions {
+            column: self.column.clone(),
+            min_words: self.min_words,
+            max_words: self.max_words,
+            dedup: !self.no_dedup,
+            max_samples: self.max_samples,
+            shuffle_buffer: self.shuffle_buffer,
+            holdout: self.holdout,
+            seed,
+        }
+    }
+}
+
+/// The before/after lines `fit` and `whiten` print.
+pub fn print_before_after(
+    before: &Diagnosis,
+    after: &Diagnosis,
+    sts_before: Option<&StsResult>,
+    sts_after: Option<&StsResult>,
+) {
+    println!(
+        "{:<22}{:>10}{:>10}",
+        "held-back sentences", "before", "after"
+    );
+    for (k, b, a) in [
+        ("avg_cosine", before.avg_cosine, after.avg_cosine),
+        ("uniformity", before.uniformity, after.uniformity),
+        ("alignment", before.alignment, after.alignment),
+    ] {
+        println!("{k:<22}{b:>10.4}{a:>10.4}");
+    }
+    if let (Some(b), Some(a)) = (sts_before, sts_after) {
+        println!(
+            "{:<22}{:>10.2}{:>10.2}",
+            "STS Spearman", b.spearman, a.spearman
+        );
     }
 }

@@ -12,6 +12,6 @@ mod spectrum;
 pub use correlation::{pearson, spearman};
 pub use pairs::{
     CosineHistogram, EXACT_PAIRS_LIMIT, PairStats, SAMPLED_PAIRS, alignment, avg_cosine,
-    mean_vector_norm, normalized, pair_stats,
+    mean_vector_norm, normalized, pair_distances, pair_stats,
 };
 pub use spectrum::{Spectrum, effective_rank, isoscore, top1_variance_ratio};

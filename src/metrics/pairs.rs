@@ -69,13 +69,19 @@ pub fn mean_vector_norm(e: &Embeddings) -> f64 {
 /// `mean_i ‖xᵢ − yᵢ‖²` on unit-normalised rows (Wang & Isola's alignment,
 /// α = 2).
 pub fn alignment(x: &Embeddings, y: &Embeddings) -> Result<f64> {
+    let d = pair_distances(x, y)?;
+    Ok(d.iter().map(|v| v * v).sum::<f64>() / d.len() as f64)
+}
+
+/// `‖xᵢ − yᵢ‖` of each pair of unit-normalised rows.
+pub fn pair_distances(x: &Embeddings, y: &Embeddings) -> Result<Vec<f64>> {
     if x.len() != y.len() || x.dim != y.dim || x.is_empty() {
         return Err(Error::Invalid(
             "alignment needs two equal, non-empty sets".into(),
         ));
     }
     let (ux, uy) = (normalized(x), normalized(y));
-    let total: f64 = ux
+    Ok(ux
         .rows()
         .zip(uy.rows())
         .map(|(a, b)| {
@@ -83,9 +89,9 @@ pub fn alignment(x: &Embeddings, y: &Embeddings) -> Result<f64> {
                 .zip(b)
                 .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
                 .sum::<f64>()
+                .sqrt()
         })
-        .sum();
-    Ok(total / x.len() as f64)
+        .collect())
 }
 
 /// Counts of pairwise cosines in equal bins over [−1, 1].

@@ -16,23 +16,29 @@ pub struct Spectrum {
 impl Spectrum {
     /// `(1/n) Σ (xᵢ − x̄)(xᵢ − x̄)ᵀ` when `center`, else `(1/n) Σ xᵢxᵢᵀ`.
     pub fn of(e: &Embeddings, center: bool) -> Result<Self> {
-        let (n, d) = (e.len(), e.dim);
+        let n = e.len();
         if n < 2 {
             return Err(Error::Invalid(format!(
                 "need at least 2 embeddings, got {n}"
             )));
         }
-        let cov = second_moment(e, center)?;
-        let eig = SymmetricEigen::new(cov);
+        Ok(Self::of_matrix(second_moment(e, center)?))
+    }
+
+    /// The eigen-decomposition of a symmetric `d × d` matrix, largest
+    /// eigenvalue first (negative rounding residue clamped to 0).
+    pub fn of_matrix(m: DMatrix<f64>) -> Self {
+        let d = m.nrows();
+        let eig = SymmetricEigen::new(m);
         let mut order: Vec<usize> = (0..d).collect();
         order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
-        Ok(Spectrum {
+        Spectrum {
             eigenvalues: order.iter().map(|&i| eig.eigenvalues[i].max(0.0)).collect(),
             eigenvectors: order
                 .iter()
                 .map(|&i| eig.eigenvectors.column(i).iter().copied().collect())
                 .collect(),
-        })
+        }
     }
 }
 

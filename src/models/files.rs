@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dense::{self, DenseFiles};
 use crate::error::{Error, Result};
-use crate::models::hub;
+use crate::models::{hub, sbert};
 
 /// What the user named with `--model`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +106,8 @@ pub struct ModelFiles {
     pub modules: Option<PathBuf>,
     pub sentence_bert_config: Option<PathBuf>,
     pub pooling_config: Option<PathBuf>,
+    /// The `Dense` module `modules.json` lists, when there is one.
+    pub dense: Option<DenseFiles>,
 }
 
 /// The files embedtune reads, relative to the model root.
@@ -198,17 +201,47 @@ impl ModelFiles {
                 store,
             ));
         };
+        let modules = store.file(MODULES)?;
+        let dense = match &modules {
+            Some(path) => dense_files(path, store)?,
+            None => None,
+        };
         Ok(ModelFiles {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             config,
             weights,
             tokenizer,
-            modules: store.file(MODULES)?,
+            modules,
+            dense,
             sentence_bert_config: store.file(SBERT_CONFIG)?,
             pooling_config: store.file(POOLING_CONFIG)?,
         })
     }
+}
+
+/// The files of the Dense module that `modules` lists, if any.
+fn dense_files(modules: &Path, store: &mut dyn FileStore) -> Result<Option<DenseFiles>> {
+    let Some(folder) = sbert::dense_folder(modules)? else {
+        return Ok(None);
+    };
+    let missing = |what: &str, store: &dyn FileStore| Error::Config {
+        path: modules.to_path_buf(),
+        message: format!(
+            "the Dense module has no {folder}/{what} in {}",
+            store.describe()
+        ),
+    };
+    let config = store
+        .file(&format!("{folder}/{}", dense::CONFIG))?
+        .ok_or_else(|| missing(dense::CONFIG, store))?;
+    let weights = match store.file(&format!("{folder}/{}", dense::WEIGHTS))? {
+        Some(p) => p,
+        None => store
+            .file(&format!("{folder}/{}", dense::WEIGHTS_BIN))?
+            .ok_or_else(|| missing(dense::WEIGHTS, store))?,
+    };
+    Ok(Some(DenseFiles { config, weights }))
 }
 
 /// The distinct shard file names listed in a safetensors index.

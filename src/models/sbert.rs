@@ -1,11 +1,13 @@
 //! The sentence-transformers settings stored beside a model's weights:
 //! pooling (`1_Pooling/config.json`), normalisation (`modules.json`) and the
-//! maximum sequence length (`sentence_bert_config.json`).
+//! maximum sequence length (`sentence_bert_config.json`), and the `Dense`
+//! module listed in `modules.json`.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::dense::DenseFiles;
 use crate::error::{Error, Result};
 use crate::models::ModelFiles;
 use crate::pooling::Pooling;
@@ -16,12 +18,48 @@ pub struct SbertSettings {
     pub pooling: Option<Pooling>,
     pub normalize: bool,
     pub max_seq_length: Option<usize>,
+    /// A linear map applied after pooling, before normalising.
+    pub dense: Option<DenseFiles>,
 }
 
 #[derive(Deserialize)]
 struct Module {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+impl Module {
+    /// Whether the module is of class `class`, under its old name
+    /// (`sentence_transformers.models.Dense`) or its module path
+    /// (`sentence_transformers.base.modules.dense.Dense`).
+    fn is(&self, class: &str) -> bool {
+        self.kind.rsplit('.').next() == Some(class)
+    }
+}
+
+/// The folder (relative to the model root) of the `Dense` module listed in
+/// `modules.json`, if any. More than one, or one after `Normalize`, is an
+/// error: embedtune applies exactly one, between pooling and normalising.
+pub fn dense_folder(modules_json: &Path) -> Result<Option<String>> {
+    let modules: Vec<Module> = read_json(modules_json)?;
+    let bad = |message: &str| Error::Config {
+        path: modules_json.to_path_buf(),
+        message: message.into(),
+    };
+    let dense: Vec<usize> = (0..modules.len())
+        .filter(|&i| modules[i].is("Dense"))
+        .collect();
+    match dense[..] {
+        [] => Ok(None),
+        [i] if modules[..i].iter().any(|m| m.is("Normalize")) => Err(bad(
+            "a Dense module after Normalize is not supported (embedtune applies Dense before normalising)",
+        )),
+        [i] if modules[i].path.is_empty() => Err(bad("the Dense module has no `path`")),
+        [i] => Ok(Some(modules[i].path.trim_end_matches('/').to_string())),
+        _ => Err(bad("more than one Dense module is not supported")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -50,10 +88,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 impl SbertSettings {
     pub fn read(files: &ModelFiles) -> Result<Self> {
-        let mut settings = SbertSettings::default();
+        let mut settings = SbertSettings {
+            dense: files.dense.clone(),
+            ..SbertSettings::default()
+        };
         if let Some(path) = &files.modules {
             let modules: Vec<Module> = read_json(path)?;
-            settings.normalize = modules.iter().any(|m| m.kind.ends_with("models.Normalize"));
+            settings.normalize = modules.iter().any(|m| m.is("Normalize"));
         }
         if let Some(path) = &files.sentence_bert_config {
             settings.max_seq_length = read_json::<SbertConfig>(path)?.max_seq_length;

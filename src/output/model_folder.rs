@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde_json::json;
 
+use crate::dense::{self, Dense};
 use crate::error::{Error, Result};
 use crate::models::ModelFiles;
 use crate::output::AtomicFile;
@@ -22,6 +23,8 @@ pub struct ModelFolder<'a> {
     pub normalize: bool,
     pub max_seq_length: usize,
     pub hidden_size: usize,
+    /// Written as `2_Dense/`, between pooling and normalising.
+    pub dense: Option<&'a Dense>,
 }
 
 /// Pooling modes sentence-transformers can express.
@@ -34,13 +37,37 @@ pub fn check_pooling(pooling: Pooling) -> Result<()> {
     Ok(())
 }
 
+/// Makes `out` ready for a new model folder: refuses a file, or a non-empty
+/// folder unless `overwrite`; creates it and checks it can be written.
+pub fn prepare_out_dir(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::data(out, "exists and is not a folder"));
+    }
+    let non_empty = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some();
+    if non_empty && !overwrite {
+        return Err(Error::data(
+            out,
+            "is not empty; pass --overwrite to replace it",
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let probe = out.join(format!(".embedtune-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| Error::io(out, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
     f.write_all(bytes).map_err(|e| Error::io(path, e))?;
     f.commit()
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
     write_file(path, text.as_bytes())
 }
@@ -88,9 +115,15 @@ impl ModelFolder<'_> {
             json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
             json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
         ];
+        if let Some(d) = self.dense {
+            d.save(&dir.join(dense::DIR))?;
+            modules.push(json!({"idx": 2, "name": "2", "path": dense::DIR, "type": "sentence_transformers.models.Dense"}));
+        }
         if self.normalize {
-            std::fs::create_dir_all(dir.join("2_Normalize")).map_err(|e| Error::io(dir, e))?;
-            modules.push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+            let idx = modules.len();
+            let path = format!("{idx}_Normalize");
+            std::fs::create_dir_all(dir.join(&path)).map_err(|e| Error::io(dir, e))?;
+            modules.push(json!({"idx": idx, "name": idx.to_string(), "path": path, "type": "sentence_transformers.models.Normalize"}));
         }
         write_json(&dir.join("modules.json"), &json!(modules))?;
         write_json(

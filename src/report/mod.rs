@@ -1,5 +1,6 @@
 //! Human- and machine-readable renderings of results, and SVG figures.
 
+pub mod card;
 pub mod plots;
 
 use std::fmt::Write;

@@ -1,6 +1,8 @@
-//! SVG figures for `diagnose --plot DIR`, drawn by hand so the binary needs
-//! no plotting library: the cosine histogram, average cosine by layer, and
-//! Wang & Isola's view of the embeddings on the unit circle.
+//! SVG figures for `diagnose --plot DIR` (and the model cards of `fit` and
+//! `whiten`), drawn by hand so the binary needs no plotting library: the
+//! cosine histogram, average cosine by layer, and Wang & Isola's two
+//! pictures: the embeddings on the unit circle, and the histogram of
+//! positive-pair distances.
 
 use std::f64::consts::{PI, TAU};
 use std::fmt::Write as _;
@@ -23,6 +25,12 @@ pub fn write_plots(dir: &Path, diagnoses: &[&Diagnosis]) -> Result<Vec<PathBuf>>
         (dir.join("cosine_histogram.svg"), histogram(diagnoses)),
         (dir.join("per_layer_avg_cosine.svg"), layers(diagnoses)),
     ];
+    if diagnoses.iter().any(|d| !d.alignment_distances.is_empty()) {
+        files.push((
+            dir.join("alignment_histogram.svg"),
+            alignment_histogram(diagnoses),
+        ));
+    }
     for (i, d) in diagnoses.iter().enumerate() {
         let name = if i == 0 {
             "circle.svg".to_string()
@@ -151,6 +159,10 @@ impl Chart {
 
     /// One coloured entry per diagnosis, in plotting order.
     fn legend(&mut self, ds: &[&Diagnosis]) {
+        self.legend_with(ds, label);
+    }
+
+    fn legend_with(&mut self, ds: &[&Diagnosis], label: impl Fn(&Diagnosis) -> String) {
         for (i, d) in ds.iter().enumerate() {
             let (y, color) = (T + 16.0 + 16.0 * i as f64, COLORS[i % 2]);
             let _ = writeln!(
@@ -227,6 +239,69 @@ fn histogram(ds: &[&Diagnosis]) -> String {
         }
     }
     c.legend(ds);
+    c.finish()
+}
+
+/// Bins of the alignment histogram.
+const DISTANCE_BINS: usize = 40;
+
+/// Wang & Isola's alignment analysis: the histogram (density) of
+/// positive-pair distances `‖f(x) − f(y)‖` over two dropout encodings,
+/// each model's mean marked by a dashed line.
+fn alignment_histogram(ds: &[&Diagnosis]) -> String {
+    let top = ds
+        .iter()
+        .flat_map(|d| d.alignment_distances.iter())
+        .fold(0f64, |a, b| a.max(*b));
+    // Up to the next tenth above the largest distance (at most 2).
+    let xmax = ((top * 10.0).floor() + 1.0).min(20.0) / 10.0;
+    let width = xmax / DISTANCE_BINS as f64;
+    let dens: Vec<Vec<f64>> = ds
+        .iter()
+        .map(|d| {
+            let mut counts = vec![0f64; DISTANCE_BINS];
+            for v in &d.alignment_distances {
+                counts[((v / width) as usize).min(DISTANCE_BINS - 1)] += 1.0;
+            }
+            let n = d.alignment_distances.len().max(1) as f64;
+            counts.iter().map(|c| c / n / width).collect()
+        })
+        .collect();
+    let ymax = dens.iter().flatten().fold(0f64, |a, b| a.max(*b)).max(1e-9) * 1.05;
+    let mut c = Chart::new(
+        "Alignment: positive-pair distances (two dropout encodings)",
+        (0.0, xmax),
+        (0.0, ymax),
+        "‖f(x) − f(y)‖ (unit vectors)",
+        "density",
+    );
+    for (k, (d, den)) in ds.iter().zip(&dens).enumerate() {
+        let color = COLORS[k % 2];
+        for (i, v) in den.iter().enumerate() {
+            let (x0, x1) = (c.px(i as f64 * width), c.px((i + 1) as f64 * width));
+            let (y, y0) = (c.py(*v), c.py(0.0));
+            let _ = writeln!(
+                c.svg,
+                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
+                (x1 - x0).max(0.5),
+                y0 - y
+            );
+        }
+        if d.alignment_distances.is_empty() {
+            continue;
+        }
+        let mean = d.alignment_distances.iter().sum::<f64>() / d.alignment_distances.len() as f64;
+        let (xm, ytop, y0) = (c.px(mean), c.py(ymax), c.py(0.0));
+        let _ = writeln!(
+            c.svg,
+            "<line x1=\"{xm:.1}\" y1=\"{ytop:.1}\" x2=\"{xm:.1}\" y2=\"{y0:.1}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">mean {mean:.3}</text>",
+            xm + 4.0,
+            ytop + 14.0 + 14.0 * k as f64
+        );
+    }
+    c.legend_with(ds, |d| {
+        format!("{} ({}), alignment {:.3}", d.model, d.pooling, d.alignment)
+    });
     c.finish()
 }
 

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod gradcache;
 pub mod optim;
 pub mod trainer;
 
@@ -25,6 +26,7 @@ use crate::inference::{Embedder, EmbedderOptions};
 use crate::output::AtomicFile;
 use crate::output::model_folder::{ModelFolder, check_pooling};
 use crate::pooling::Pooling;
+use crate::report::card;
 use crate::sts::{self, StsResult};
 
 /// Everything `embedtune fit` needs.
@@ -201,7 +203,8 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         pooling: embedder.pooling(),
         normalize: embedder.normalize(),
         max_seq_length: embedder.max_len(),
-        hidden_size: embedder.dim(),
+        hidden_size: embedder.hidden_size(),
+        dense: embedder.dense(),
     }
     .save(&job.out)?;
 
@@ -221,15 +224,19 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         steps,
         config: job.train.clone(),
         saved_step,
-        before: named(before, &job.model),
-        after: named(after, &job.out.display().to_string()),
+        before: before.named(&job.model),
+        after: after.named(&job.out.display().to_string()),
         sts_before,
         sts_after,
         train_seconds,
     };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_text(&job.out.join("report.json"), &json)?;
-    write_text(&job.out.join("README.md"), &model_card(&report))?;
+    card::write(
+        &job.out,
+        &report,
+        &model_card(&report),
+        &report.before,
+        &report.after,
+    )?;
     Ok(FitOutcome::Done(Box::new(report)))
 }
 
@@ -243,11 +250,6 @@ struct BeforeFigures {
 struct BeforeFiguresRef<'a> {
     diagnosis: &'a Diagnosis,
     sts: &'a Option<StsResult>,
-}
-
-fn named(mut d: Diagnosis, name: &str) -> Diagnosis {
-    d.model = name.to_string();
-    d
 }
 
 fn diagnose_held_out(
@@ -266,10 +268,12 @@ fn diagnose_held_out(
 /// A short model card for `DIR/README.md`.
 fn model_card(r: &FitReport) -> String {
     let c = &r.config;
-    let mut s = format!(
-        "---\nlibrary_name: sentence-transformers\ntags:\n- sentence-transformers\n- embedtune\n- alignment-uniformity\n---\n\n# Fine-tuned {}\n\nFine-tuned with [embedtune](https://crates.io/crates/embedtune) on unlabeled sentences: each sentence encoded twice with dropout (unsupervised SimCSE positive pairs), trained on {}.\n\n",
-        r.base_model,
-        loss_name(&c.loss)
+    let mut s = card::header(
+        &format!("Fine-tuned {}", r.base_model),
+        &format!(
+            "Fine-tuned with [embedtune](https://crates.io/crates/embedtune) on unlabeled sentences: each sentence encoded twice with dropout (unsupervised SimCSE positive pairs), trained on {}.",
+            loss_name(&c.loss)
+        ),
     );
     s += &format!(
         "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
@@ -291,28 +295,13 @@ fn model_card(r: &FitReport) -> String {
         c.seed,
         r.train_seconds
     );
-    s += "## Before and after (held-back sentences)\n\n| metric | before | after |\n|---|---:|---:|\n";
-    let rows = [
-        ("avg_cosine", r.before.avg_cosine, r.after.avg_cosine),
-        ("uniformity", r.before.uniformity, r.after.uniformity),
-        ("alignment", r.before.alignment, r.after.alignment),
-        (
-            "effective_rank",
-            r.before.effective_rank,
-            r.after.effective_rank,
-        ),
-        ("isoscore", r.before.isoscore, r.after.isoscore),
-    ];
-    for (k, b, a) in rows {
-        s += &format!("| {k} | {b:.4} | {a:.4} |\n");
-    }
-    if let (Some(b), Some(a)) = (&r.sts_before, &r.sts_after) {
-        s += &format!(
-            "| STS Spearman ×100 | {:.2} | {:.2} |\n",
-            b.spearman, a.spearman
-        );
-    }
-    s += "\n## Use\n\n```python\nfrom sentence_transformers import SentenceTransformer\nmodel = SentenceTransformer(\"path/to/this/folder\")\n```\n\n```sh\nembedtune embed --model path/to/this/folder --data texts.txt --out vectors.npy\n```\n";
+    s += &card::before_after(&card::BeforeAfter {
+        before: &r.before,
+        after: &r.after,
+        sts_before: r.sts_before.as_ref(),
+        sts_after: r.sts_after.as_ref(),
+    });
+    s += card::USAGE;
     s
 }
 

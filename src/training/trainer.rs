@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
@@ -15,8 +16,10 @@ use crate::losses::{self, LossConfig};
 use crate::metrics;
 use crate::rng::Rng;
 use crate::sts::{self, StsPair};
+use crate::tokenize::Encoded;
 use crate::training::checkpoint::{self, TrainState};
 use crate::training::data::{Corpus, EpochStream};
+use crate::training::gradcache;
 use crate::training::optim::{AdamW, AdamWParams, clip_scale, linear_schedule};
 
 /// Hyper-parameters of a run.
@@ -29,6 +32,9 @@ pub struct TrainConfig {
     pub warmup_ratio: f64,
     pub max_grad_norm: Option<f64>,
     pub batch_size: usize,
+    /// Gradient caching: encode the batch's 2B rows in chunks of this many
+    /// (same gradients as the whole batch, memory bounded by the chunk).
+    pub mini_batch: Option<usize>,
     pub epochs: usize,
     /// Overrides `epochs` when set.
     pub steps: Option<usize>,
@@ -49,6 +55,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.1,
             max_grad_norm: Some(1.0),
             batch_size: 64,
+            mini_batch: None,
             epochs: 1,
             steps: None,
             seed: 42,
@@ -67,6 +74,9 @@ impl TrainConfig {
                 "batch size {} is too small: uniformity and InfoNCE need at least 2 sentences per batch",
                 self.batch_size
             )));
+        }
+        if self.mini_batch == Some(0) {
+            return Err(Error::Invalid("--mini-batch must be at least 1".into()));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::Invalid(format!(
@@ -315,16 +325,14 @@ impl<'a> Trainer<'a> {
             self.cfg.lr,
         );
         let out = &self.out;
-        let r = train_step(
-            self.embedder,
-            &mut self.optim,
-            DropoutSeed::draw(&mut self.state.dropout_rng),
-            texts,
-            &self.cfg.loss,
-            lr,
-            self.cfg.max_grad_norm,
-            &mut |loss| obs.adjust_loss(next, loss),
-        )
+        let dropout = DropoutSeed::draw(&mut self.state.dropout_rng);
+        let adjust = &mut |loss| obs.adjust_loss(next, loss);
+        let (e, cfg) = (self.embedder, &self.cfg);
+        let r = match cfg.mini_batch {
+            Some(m) => gradcache::cached_gradients(e, dropout, texts, &cfg.loss, m, adjust),
+            None => gradients(e, dropout, texts, &cfg.loss, adjust),
+        }
+        .and_then(|g| apply_gradients(&mut self.optim, g, lr, cfg.max_grad_norm))
         .map_err(|e| match e {
             Error::NonFiniteLoss(loss) => {
                 let kept = match checkpoint::latest(out) {
@@ -456,12 +464,33 @@ pub fn train_step(
     max_grad_norm: Option<f64>,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepResult> {
-    let b = texts.len();
-    let encoded = embedder.tokenizer().encode_all(texts)?;
-    let twice: Vec<_> = encoded.iter().chain(&encoded).cloned().collect();
+    let g = gradients(embedder, dropout, texts, loss_cfg, adjust)?;
+    apply_gradients(optim, g, lr, max_grad_norm)
+}
+
+/// The loss of one step and the gradient of every weight, before any
+/// update.
+pub struct StepGradients {
+    pub grads: GradStore,
+    pub loss: f64,
+    pub align: f64,
+    pub uniform: f64,
+    pub info_nce: Option<f64>,
+}
+
+/// The gradients of [`train_step`]'s loss: both views in one forward and
+/// one backward.
+pub fn gradients(
+    embedder: &Embedder,
+    dropout: DropoutSeed,
+    texts: &[String],
+    loss_cfg: &LossConfig,
+    adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
+) -> Result<StepGradients> {
+    let rows = both_views(embedder, texts)?;
     let batch = embedder
         .tokenizer()
-        .pad(&twice, (0..2 * b).collect(), embedder.device())?;
+        .pad(&rows, (0..rows.len()).collect(), embedder.device())?;
     let encoder = &embedder.model().encoder;
     let pass = encoder.forward_train(&batch, dropout)?;
     let graph_output;
@@ -472,7 +501,30 @@ pub fn train_step(
             &graph_output
         }
     };
-    let pooled = embedder.pooling().pool(output, &batch.attention_mask)?;
+    let pooled = embedder.sentence_embeddings(output, &batch.attention_mask)?;
+    let (mut g, total) = loss_and_parts(&pooled, loss_cfg, adjust)?;
+    g.grads = total.backward()?;
+    if let Some(pass) = pass {
+        pass.backward(&mut g.grads)?;
+    }
+    Ok(g)
+}
+
+/// Sentences `0..B` then the same sentences again as rows `B..2B`: the two
+/// dropout views.
+pub(crate) fn both_views(embedder: &Embedder, texts: &[String]) -> Result<Vec<Encoded>> {
+    let encoded = embedder.tokenizer().encode_all(texts)?;
+    Ok(encoded.iter().chain(&encoded).cloned().collect())
+}
+
+/// The loss on the pooled rows of both views (`(2B, d)`), after `adjust`;
+/// the gradients are left empty. A non-finite loss is an error.
+pub(crate) fn loss_and_parts(
+    pooled: &Tensor,
+    loss_cfg: &LossConfig,
+    adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
+) -> Result<(StepGradients, Tensor)> {
+    let b = pooled.dim(0)? / 2;
     let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
     let parts = losses::combined(&x, &y, loss_cfg)?;
     let total = adjust(parts.total)?;
@@ -480,17 +532,30 @@ pub fn train_step(
     if !loss.is_finite() {
         return Err(Error::NonFiniteLoss(loss));
     }
-    let mut grads = total.backward()?;
-    if let Some(pass) = pass {
-        pass.backward(&mut grads)?;
-    }
-    let grad_norm = optim.grad_norm(&grads)?;
-    optim.step(&grads, lr, clip_scale(grad_norm, max_grad_norm))?;
-    Ok(StepResult {
+    let g = StepGradients {
+        grads: GradStore::default(),
         loss,
         align: scalar(&parts.align)?,
         uniform: scalar(&parts.uniform)?,
         info_nce: parts.info_nce.as_ref().map(scalar).transpose()?,
+    };
+    Ok((g, total))
+}
+
+/// Clipping and an AdamW update at `lr` with the gradients of one step.
+pub fn apply_gradients(
+    optim: &mut AdamW,
+    g: StepGradients,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+) -> Result<StepResult> {
+    let grad_norm = optim.grad_norm(&g.grads)?;
+    optim.step(&g.grads, lr, clip_scale(grad_norm, max_grad_norm))?;
+    Ok(StepResult {
+        loss: g.loss,
+        align: g.align,
+        uniform: g.uniform,
+        info_nce: g.info_nce,
         grad_norm,
     })
 }

@@ -1,0 +1,516 @@
+//! `whiten`: post-hoc maps that take the narrow cone away with no training,
+//! saved as a sentence-transformers `Dense` module.
+//!
+//! - **Whitening** (Su et al., 2021): with μ the mean and Σ = U Λ Uᵀ the
+//!   covariance of the pooled embeddings, `y = (x − μ) W`, `W = U Λ^(−1/2)`
+//!   truncated to the top K columns. As a Dense layer: weight `Wᵀ` (K × d),
+//!   bias `−μ W`.
+//! - **All-but-the-top** (Mu & Viswanath, 2018): subtract μ, then the
+//!   projections on the top D principal directions:
+//!   `y = (I − U_D U_Dᵀ)(x − μ)`; weight `I − U_D U_Dᵀ`, bias `−weight·μ`.
+//!
+//! The corpus is streamed (the same held-back split as `fit`, so the
+//! figures compare); μ and the second moment are accumulated in f64 as
+//! mergeable sums, one chunk of embeddings at a time.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use nalgebra::DMatrix;
+use serde::Serialize;
+
+use crate::dense::Dense;
+use crate::device::DeviceSpec;
+use crate::diagnose::{self, DiagnoseOptions, Diagnosis};
+use crate::error::{Error, Result};
+use crate::inference::{Embedder, EmbedderOptions, Embeddings};
+use crate::metrics::Spectrum;
+use crate::output::model_folder::{ModelFolder, check_pooling, prepare_out_dir};
+use crate::pooling::Pooling;
+use crate::report::card::{self, BeforeAfter};
+use crate::sts::{self, StsResult};
+use crate::training::{Corpus, CorpusOptions};
+
+/// Which map to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Keep the top `dim` whitened directions (default: all).
+    Whitening { dim: Option<usize> },
+    /// Remove the mean and the top `remove` principal directions.
+    Abtt { remove: usize },
+}
+
+impl Method {
+    pub fn describe(&self, d: usize) -> String {
+        match *self {
+            Method::Whitening { dim } => format!("whitening to {} dimensions", dim.unwrap_or(d)),
+            Method::Abtt { remove } => format!(
+                "all-but-the-top: mean and top {remove} principal direction{} removed",
+                if remove == 1 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// Running sums of embeddings: count, Σx and Σxxᵀ, in f64. Two sets merge by
+/// adding their sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
+    pub n: u64,
+    pub dim: usize,
+    sum: Vec<f64>,
+    /// Row-major `dim × dim`.
+    outer: Vec<f64>,
+}
+
+impl Moments {
+    pub fn new(dim: usize) -> Self {
+        Moments {
+            n: 0,
+            dim,
+            sum: vec![0.0; dim],
+            outer: vec![0.0; dim * dim],
+        }
+    }
+
+    /// Adds every row of `e` (its XᵀX through one f64 product).
+    pub fn add(&mut self, e: &Embeddings) -> Result<()> {
+        if e.dim != self.dim {
+            return Err(Error::Invalid(format!(
+                "embeddings of {} dimensions added to moments of {}",
+                e.dim, self.dim
+            )));
+        }
+        if e.is_empty() {
+            return Ok(());
+        }
+        let x =
+            Tensor::from_slice(&e.data, (e.len(), e.dim), &Device::Cpu)?.to_dtype(DType::F64)?;
+        let gram: Vec<f64> = x.t()?.matmul(&x)?.flatten_all()?.to_vec1()?;
+        let sum: Vec<f64> = x.sum(0)?.to_vec1()?;
+        add_into(&mut self.outer, &gram);
+        add_into(&mut self.sum, &sum);
+        self.n += e.len() as u64;
+        Ok(())
+    }
+
+    pub fn merge(&mut self, other: &Moments) {
+        add_into(&mut self.outer, &other.outer);
+        add_into(&mut self.sum, &other.sum);
+        self.n += other.n;
+    }
+
+    pub fn mean(&self) -> Vec<f64> {
+        let n = self.n.max(1) as f64;
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
+    /// `E[xxᵀ] − μμᵀ` (the population covariance).
+    pub fn covariance(&self) -> DMatrix<f64> {
+        let (d, n) = (self.dim, self.n.max(1) as f64);
+        let mu = self.mean();
+        DMatrix::from_fn(d, d, |i, j| self.outer[i * d + j] / n - mu[i] * mu[j])
+    }
+}
+
+fn add_into(acc: &mut [f64], v: &[f64]) {
+    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+}
+
+/// Checks `method` against the embedding dimension `d`; returns its K or D.
+pub fn check_method(method: Method, d: usize) -> Result<usize> {
+    let (k, flag, least) = match method {
+        Method::Whitening { dim } => (dim.unwrap_or(d), "--dim", 1),
+        Method::Abtt { remove } => (remove, "--remove", 0),
+    };
+    if k > d || k < least {
+        return Err(Error::Invalid(format!(
+            "{flag} {k}: must be between {least} and the embedding dimension {d}"
+        )));
+    }
+    Ok(k)
+}
+
+/// Checks there are enough sentences: the covariance of n points has rank
+/// at most n − 1, so K directions need more than K sentences.
+pub fn check_sentences(method: Method, d: usize, n: u64) -> Result<()> {
+    let k = check_method(method, d)?;
+    if n as usize <= k {
+        return Err(Error::Invalid(format!(
+            "{} needs more sentences than dimensions ({k}), got {n}: the covariance is singular",
+            method.describe(d)
+        )));
+    }
+    Ok(())
+}
+
+/// The map of `method` for embeddings with moments `m`, as a Dense layer.
+pub fn compute(m: &Moments, method: Method) -> Result<Dense> {
+    let d = m.dim;
+    check_sentences(method, d, m.n)?;
+    let k = check_method(method, d)?;
+    let mu = m.mean();
+    let spectrum = Spectrum::of_matrix(m.covariance());
+    let (weight, rows) = match method {
+        Method::Whitening { .. } => (whitening_weight(&spectrum, k)?, k),
+        Method::Abtt { .. } => (abtt_weight(&spectrum, k), d),
+    };
+    // bias = −weight · μ
+    let bias: Vec<f32> = weight
+        .chunks(d)
+        .map(|row| -row.iter().zip(&mu).map(|(w, m)| w * m).sum::<f64>() as f32)
+        .collect();
+    let weight: Vec<f32> = weight.iter().map(|&w| w as f32).collect();
+    Dense::linear(
+        Tensor::from_vec(weight, (rows, d), &Device::Cpu)?,
+        Tensor::from_vec(bias, rows, &Device::Cpu)?,
+    )
+}
+
+/// Row `i` is `uᵢ / √λᵢ` (row-major `k × d`).
+fn whitening_weight(s: &Spectrum, k: usize) -> Result<Vec<f64>> {
+    let top = s.eigenvalues[0];
+    let mut w = Vec::with_capacity(k * s.eigenvalues.len());
+    for i in 0..k {
+        let l = s.eigenvalues[i];
+        if !(l > top * 1e-12) {
+            return Err(Error::Invalid(format!(
+                "the covariance is singular in direction {} of {k} (eigenvalue {l:.3e}): too few distinct sentences, or choose a smaller --dim",
+                i + 1
+            )));
+        }
+        w.extend(s.eigenvectors[i].iter().map(|u| u / l.sqrt()));
+    }
+    Ok(w)
+}
+
+/// `I − Σ_{i<D} uᵢuᵢᵀ` (row-major `d × d`).
+fn abtt_weight(s: &Spectrum, remove: usize) -> Vec<f64> {
+    let d = s.eigenvalues.len();
+    let mut w = vec![0f64; d * d];
+    for i in 0..d {
+        w[i * d + i] = 1.0;
+    }
+    for u in &s.eigenvectors[..remove] {
+        for i in 0..d {
+            for j in 0..d {
+                w[i * d + j] -= u[i] * u[j];
+            }
+        }
+    }
+    w
+}
+
+/// Everything `embedtune whiten` needs.
+#[derive(Debug, Clone)]
+pub struct WhitenJob {
+    pub model: String,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// The same options (and held-back split) as `fit`.
+    pub corpus: CorpusOptions,
+    pub method: Method,
+    /// Default: the model's pooling, else `cls`.
+    pub pooling: Option<Pooling>,
+    pub max_len: Option<usize>,
+    pub batch_size: usize,
+    pub device: DeviceSpec,
+    pub eval_sts: Option<PathBuf>,
+    pub overwrite: bool,
+}
+
+/// What `whiten` reports (`DIR/report.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WhitenReport {
+    pub base_model: String,
+    pub data: PathBuf,
+    pub method: Method,
+    pub description: String,
+    pub pooling: String,
+    pub max_len: usize,
+    /// Sentences the map was computed from.
+    pub sentences: u64,
+    pub held_out_sentences: usize,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub before: Diagnosis,
+    pub after: Diagnosis,
+    pub sts_before: Option<StsResult>,
+    pub sts_after: Option<StsResult>,
+    pub seconds: f64,
+}
+
+/// Progress of a whitening job.
+pub trait Progress {
+    fn message(&mut self, _message: &str) {}
+    /// `total` sentences to embed; called once before the first chunk.
+    fn start(&mut self, _total: usize) {}
+    /// Sentences embedded so far.
+    fn embedded(&mut self, _done: usize) {}
+}
+
+/// Progress that shows nothing.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// Sentences embedded per chunk (memory: chunk × dim floats).
+const CHUNK: usize = 4096;
+
+/// Computes the map on the training split of the corpus, saves the model
+/// with the map as its Dense module, and measures before and after on the
+/// held-back sentences (and STS when given).
+pub fn whiten(job: &WhitenJob, progress: &mut dyn Progress) -> Result<WhitenReport> {
+    if let Some(p) = job.pooling {
+        check_pooling(p)?;
+    }
+    let sts_pairs = job.eval_sts.as_deref().map(sts::read_pairs).transpose()?;
+    let embedder = Embedder::from_pretrained(
+        &job.model,
+        EmbedderOptions {
+            pooling: job.pooling,
+            max_len: job.max_len,
+            batch_size: job.batch_size,
+            device: job.device,
+            ..EmbedderOptions::default()
+        },
+    )?;
+    if embedder.dense().is_some() {
+        return Err(Error::Model {
+            model: job.model.clone(),
+            message: "already has a Dense module; whiten its base model instead".into(),
+        });
+    }
+    check_pooling(embedder.pooling())?;
+    if job.out.canonicalize().ok() == embedder.files().dir.canonicalize().ok() {
+        return Err(Error::data(&job.out, "is the input model's folder"));
+    }
+    // Bad parameters fail before the long pass.
+    check_method(job.method, embedder.dim())?;
+    let corpus = Corpus::open(&job.data, job.corpus.clone())?;
+    check_sentences(job.method, embedder.dim(), corpus.train_len as u64)?;
+    prepare_out_dir(&job.out, job.overwrite)?;
+    let started = std::time::Instant::now();
+    progress.message(&format!(
+        "{} sentences for the map, {} held back; {} pooling, max length {}",
+        corpus.train_len,
+        corpus.held_out.len(),
+        embedder.pooling(),
+        embedder.max_len()
+    ));
+    let moments = stream_moments(&embedder, &corpus, progress)?;
+    let dense = compute(&moments, job.method)?;
+
+    let measure = |e: &Embedder| -> Result<(Diagnosis, Option<StsResult>)> {
+        let opts = DiagnoseOptions {
+            seed: job.corpus.seed,
+            ..DiagnoseOptions::default()
+        };
+        let d = diagnose::diagnose(e, &corpus.held_out, &opts)?;
+        let s = sts_pairs
+            .as_ref()
+            .map(|p| sts::evaluate(e, p))
+            .transpose()?;
+        Ok((d, s))
+    };
+    progress.message("measuring before and after on the held-back sentences…");
+    let (before, sts_before) = measure(&embedder)?;
+    let weights = embedder.model().weights.current_tensors()?;
+    ModelFolder {
+        base: embedder.files(),
+        weights: &weights,
+        pooling: embedder.pooling(),
+        normalize: embedder.normalize(),
+        max_seq_length: embedder.max_len(),
+        hidden_size: embedder.hidden_size(),
+        dense: Some(&dense),
+    }
+    .save(&job.out)?;
+    // Measured on the saved folder, loaded as any user would.
+    let saved = Embedder::from_pretrained(
+        &job.out.display().to_string(),
+        EmbedderOptions {
+            batch_size: job.batch_size,
+            device: job.device,
+            ..EmbedderOptions::default()
+        },
+    )?;
+    let (after, sts_after) = measure(&saved)?;
+    let report = WhitenReport {
+        base_model: job.model.clone(),
+        data: job.data.clone(),
+        method: job.method,
+        description: job.method.describe(embedder.dim()),
+        pooling: embedder.pooling().to_string(),
+        max_len: embedder.max_len(),
+        sentences: moments.n,
+        held_out_sentences: corpus.held_out.len(),
+        in_features: dense.in_features(),
+        out_features: dense.out_features(),
+        before: before.named(&job.model),
+        after: after.named(&job.out.display().to_string()),
+        sts_before,
+        sts_after,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    card::write(
+        &job.out,
+        &report,
+        &whiten_card(&report),
+        &report.before,
+        &report.after,
+    )?;
+    Ok(report)
+}
+
+/// Σx and Σxxᵀ of the pooled (unnormalised) embeddings of the training
+/// split, a chunk at a time.
+fn stream_moments(
+    embedder: &Embedder,
+    corpus: &Corpus,
+    progress: &mut dyn Progress,
+) -> Result<Moments> {
+    let mut moments = Moments::new(embedder.dim());
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut stream = corpus.epoch(0).peekable();
+    progress.start(corpus.train_len);
+    while stream.peek().is_some() {
+        chunk.clear();
+        for text in stream.by_ref().take(CHUNK) {
+            chunk.push(text?);
+        }
+        let e = embedder.embed_batches(&chunk, None, false, &mut |_, _| Ok(()))?;
+        moments.add(&e)?;
+        progress.embedded(moments.n as usize);
+    }
+    Ok(moments)
+}
+
+fn whiten_card(r: &WhitenReport) -> String {
+    let mut s = card::header(
+        &format!("Whitened {}", r.base_model),
+        &format!(
+            "Post-processed with [embedtune](https://crates.io/crates/embedtune) `whiten`: {} of the {} pooled embeddings, computed from {} unlabeled sentences with no training, stored as a `Dense` module ({} → {} features) after pooling.",
+            r.description, r.pooling, r.sentences, r.in_features, r.out_features
+        ),
+    );
+    s += &format!(
+        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| method | {} |\n| pooling | {} |\n| max length | {} |\n| time | {:.0} s |\n\n",
+        r.base_model,
+        r.data.display(),
+        r.sentences,
+        r.held_out_sentences,
+        r.description,
+        r.pooling,
+        r.max_len,
+        r.seconds
+    );
+    s += &card::before_after(&BeforeAfter {
+        before: &r.before,
+        after: &r.after,
+        sts_before: r.sts_before.as_ref(),
+        sts_after: r.sts_after.as_ref(),
+    });
+    s += card::USAGE;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embeddings(rows: &[[f32; 3]]) -> Embeddings {
+        Embeddings {
+            dim: 3,
+            data: rows.iter().flatten().copied().collect(),
+        }
+    }
+
+    fn apply(dense: &Dense, e: &Embeddings) -> Vec<Vec<f32>> {
+        let x = Tensor::from_slice(&e.data, (e.len(), e.dim), &Device::Cpu).unwrap();
+        dense.forward(&x).unwrap().to_vec2().unwrap()
+    }
+
+    const ROWS: [[f32; 3]; 6] = [
+        [1.0, 2.0, 0.5],
+        [2.0, 1.0, -0.5],
+        [0.0, 3.0, 1.0],
+        [3.0, 0.5, 0.0],
+        [1.5, 1.5, 2.0],
+        [0.5, 2.5, -1.0],
+    ];
+
+    #[test]
+    fn moments_merge_like_one_pass() {
+        let mut all = Moments::new(3);
+        all.add(&embeddings(&ROWS)).unwrap();
+        let (mut a, mut b) = (Moments::new(3), Moments::new(3));
+        a.add(&embeddings(&ROWS[..2])).unwrap();
+        b.add(&embeddings(&ROWS[2..])).unwrap();
+        a.merge(&b);
+        assert_eq!(a.n, 6);
+        for (x, y) in a.covariance().iter().zip(all.covariance().iter()) {
+            assert!((x - y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn whitened_embeddings_have_zero_mean_and_identity_covariance() {
+        let e = embeddings(&ROWS);
+        let mut m = Moments::new(3);
+        m.add(&e).unwrap();
+        let dense = compute(&m, Method::Whitening { dim: None }).unwrap();
+        let y: Vec<f32> = apply(&dense, &e).concat();
+        let mut back = Moments::new(3);
+        back.add(&Embeddings { dim: 3, data: y }).unwrap();
+        for v in back.mean() {
+            assert!(v.abs() < 1e-5, "mean {v}");
+        }
+        let cov = back.covariance();
+        for i in 0..3 {
+            for j in 0..3 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!(
+                    (cov[(i, j)] - want).abs() < 1e-4,
+                    "cov {i},{j} = {}",
+                    cov[(i, j)]
+                );
+            }
+        }
+        // Truncated: two output dimensions.
+        let two = compute(&m, Method::Whitening { dim: Some(2) }).unwrap();
+        assert_eq!(two.out_features(), 2);
+    }
+
+    #[test]
+    fn abtt_removes_the_top_direction_of_the_centred_points() {
+        let e = embeddings(&ROWS);
+        let mut m = Moments::new(3);
+        m.add(&e).unwrap();
+        let dense = compute(&m, Method::Abtt { remove: 1 }).unwrap();
+        let top = Spectrum::of_matrix(m.covariance()).eigenvectors[0].clone();
+        let mu = m.mean();
+        for (y, x) in apply(&dense, &e).iter().zip(e.rows()) {
+            let along: f64 = y.iter().zip(&top).map(|(a, u)| *a as f64 * u).sum();
+            assert!(along.abs() < 1e-5, "{along}");
+            // What is left is the centred point minus its top component.
+            let c: Vec<f64> = x.iter().zip(&mu).map(|(a, m)| *a as f64 - m).collect();
+            let proj: f64 = c.iter().zip(&top).map(|(a, u)| a * u).sum();
+            for i in 0..3 {
+                assert!((y[i] as f64 - (c[i] - proj * top[i])).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let mut m = Moments::new(3);
+        m.add(&embeddings(&ROWS[..3])).unwrap();
+        let err = |method| compute(&m, method).unwrap_err().to_string();
+        assert!(err(Method::Whitening { dim: Some(4) }).contains("embedding dimension 3"));
+        assert!(err(Method::Abtt { remove: 4 }).contains("embedding dimension 3"));
+        // Three points span two directions: full whitening needs four.
+        assert!(err(Method::Whitening { dim: None }).contains("more sentences than dimensions"));
+        assert!(compute(&m, Method::Whitening { dim: Some(2) }).is_ok());
+    }
+}
