@@ -270,6 +270,18 @@ impl Embedder {
     pub fn dense(&self) -> Option<&Dense> {
         self.dense.as_ref()
     }
+    /// Makes `dense` the model's Dense module (applied after pooling).
+    pub fn set_dense(&mut self, dense: Dense) -> Result<()> {
+        if dense.in_features() != self.hidden_size() {
+            return Err(Error::Invalid(format!(
+                "a Dense module of {} input features on an encoder of {}",
+                dense.in_features(),
+                self.hidden_size()
+            )));
+        }
+        self.dense = Some(dense);
+        Ok(())
+    }
     pub fn device(&self) -> &Device {
         &self.device
     }

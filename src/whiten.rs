@@ -42,9 +42,10 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn describe(&self, d: usize) -> String {
+    pub fn describe(&self) -> String {
         match *self {
-            Method::Whitening { dim } => format!("whitening to {} dimensions", dim.unwrap_or(d)),
+            Method::Whitening { dim: Some(k) } => format!("whitening to {k} dimensions"),
+            Method::Whitening { dim: None } => "whitening (every direction the data spans)".into(),
             Method::Abtt { remove } => format!(
                 "all-but-the-top: mean and top {remove} principal direction{} removed",
                 if remove == 1 { "" } else { "s" }
@@ -139,7 +140,7 @@ pub fn check_sentences(method: Method, d: usize, n: u64) -> Result<()> {
     if n as usize <= k {
         return Err(Error::Invalid(format!(
             "{} needs more sentences than dimensions ({k}), got {n}: the covariance is singular",
-            method.describe(d)
+            method.describe()
         )));
     }
     Ok(())
@@ -149,13 +150,13 @@ pub fn check_sentences(method: Method, d: usize, n: u64) -> Result<()> {
 pub fn compute(m: &Moments, method: Method) -> Result<Dense> {
     let d = m.dim;
     check_sentences(method, d, m.n)?;
-    let k = check_method(method, d)?;
     let mu = m.mean();
     let spectrum = Spectrum::of_matrix(m.covariance());
-    let (weight, rows) = match method {
-        Method::Whitening { .. } => (whitening_weight(&spectrum, k)?, k),
-        Method::Abtt { .. } => (abtt_weight(&spectrum, k), d),
+    let weight = match method {
+        Method::Whitening { dim } => whitening_weight(&spectrum, dim)?,
+        Method::Abtt { remove } => abtt_weight(&spectrum, remove),
     };
+    let rows = weight.len() / d;
     // bias = −weight · μ
     let bias: Vec<f32> = weight
         .chunks(d)
@@ -168,21 +169,40 @@ pub fn compute(m: &Moments, method: Method) -> Result<Dense> {
     )
 }
 
-/// Row `i` is `uᵢ / √λᵢ` (row-major `k × d`).
-fn whitening_weight(s: &Spectrum, k: usize) -> Result<Vec<f64>> {
+/// Directions whose variance is below this share of the largest carry
+/// only rounding (f32 embeddings: ~1e-14), not data.
+const RANK_TOLERANCE: f64 = 1e-10;
+
+/// The directions the embeddings span: eigenvalues above the tolerance.
+/// LayerNorm outputs (and their CLS or mean pooling) lie in a hyperplane,
+/// so a BERT model's span at most d − 1.
+pub fn numerical_rank(s: &Spectrum) -> usize {
     let top = s.eigenvalues[0];
-    let mut w = Vec::with_capacity(k * s.eigenvalues.len());
-    for i in 0..k {
-        let l = s.eigenvalues[i];
-        if !(l > top * 1e-12) {
-            return Err(Error::Invalid(format!(
-                "the covariance is singular in direction {} of {k} (eigenvalue {l:.3e}): too few distinct sentences, or choose a smaller --dim",
-                i + 1
-            )));
-        }
-        w.extend(s.eigenvectors[i].iter().map(|u| u / l.sqrt()));
+    s.eigenvalues
+        .iter()
+        .take_while(|&&l| top > 0.0 && l > top * RANK_TOLERANCE)
+        .count()
+}
+
+/// Row `i` is `uᵢ / √λᵢ` (row-major `k × d`) for the top `k` directions,
+/// or for every direction the data spans when `k` is `None`.
+fn whitening_weight(s: &Spectrum, k: Option<usize>) -> Result<Vec<f64>> {
+    let rank = numerical_rank(s);
+    let k = k.unwrap_or(rank);
+    if k > rank || k == 0 {
+        return Err(Error::Invalid(format!(
+            "the embeddings span only {rank} directions (the next has variance {:.3e}, {:.1e} of the largest): choose --dim {rank} or less, or more distinct sentences",
+            s.eigenvalues.get(rank).copied().unwrap_or(0.0),
+            s.eigenvalues.get(rank).copied().unwrap_or(0.0)
+                / s.eigenvalues[0].max(f64::MIN_POSITIVE)
+        )));
     }
-    Ok(w)
+    Ok((0..k)
+        .flat_map(|i| {
+            let scale = s.eigenvalues[i].sqrt();
+            s.eigenvectors[i].iter().map(move |u| u / scale)
+        })
+        .collect())
 }
 
 /// `I − Σ_{i<D} uᵢuᵢᵀ` (row-major `d × d`).
@@ -298,7 +318,7 @@ pub fn whiten(job: &WhitenJob, progress: &mut dyn Progress) -> Result<WhitenRepo
         embedder.pooling(),
         embedder.max_len()
     ));
-    let moments = stream_moments(&embedder, &corpus, progress)?;
+    let moments = stream_moments(&embedder, &corpus, None, progress)?;
     let dense = compute(&moments, job.method)?;
 
     let measure = |e: &Embedder| -> Result<(Diagnosis, Option<StsResult>)> {
@@ -340,7 +360,7 @@ pub fn whiten(job: &WhitenJob, progress: &mut dyn Progress) -> Result<WhitenRepo
         base_model: job.model.clone(),
         data: job.data.clone(),
         method: job.method,
-        description: job.method.describe(embedder.dim()),
+        description: job.method.describe(),
         pooling: embedder.pooling().to_string(),
         max_len: embedder.max_len(),
         sentences: moments.n,
@@ -363,17 +383,19 @@ pub fn whiten(job: &WhitenJob, progress: &mut dyn Progress) -> Result<WhitenRepo
     Ok(report)
 }
 
-/// Σx and Σxxᵀ of the pooled (unnormalised) embeddings of the training
-/// split, a chunk at a time.
-fn stream_moments(
+/// Σx and Σxxᵀ of the (unnormalised) embeddings of the training split, or
+/// of its first `limit` sentences, a chunk at a time.
+pub fn stream_moments(
     embedder: &Embedder,
     corpus: &Corpus,
+    limit: Option<usize>,
     progress: &mut dyn Progress,
 ) -> Result<Moments> {
+    let total = limit.map_or(corpus.train_len, |l| l.min(corpus.train_len));
     let mut moments = Moments::new(embedder.dim());
     let mut chunk = Vec::with_capacity(CHUNK);
-    let mut stream = corpus.epoch(0).peekable();
-    progress.start(corpus.train_len);
+    let mut stream = corpus.epoch(0).take(total).peekable();
+    progress.start(total);
     while stream.peek().is_some() {
         chunk.clear();
         for text in stream.by_ref().take(CHUNK) {
@@ -512,5 +534,26 @@ mod tests {
         // Three points span two directions: full whitening needs four.
         assert!(err(Method::Whitening { dim: None }).contains("more sentences than dimensions"));
         assert!(compute(&m, Method::Whitening { dim: Some(2) }).is_ok());
+    }
+
+    #[test]
+    fn whitening_keeps_the_directions_the_data_spans() {
+        // Points on the plane x + y + z = 3, as LayerNorm outputs lie on one.
+        let rows: Vec<[f32; 3]> = ROWS
+            .iter()
+            .map(|r| [r[0], r[1], 3.0 - r[0] - r[1]])
+            .collect();
+        let mut m = Moments::new(3);
+        m.add(&embeddings(&rows)).unwrap();
+        assert_eq!(
+            compute(&m, Method::Whitening { dim: None })
+                .unwrap()
+                .out_features(),
+            2
+        );
+        let err = compute(&m, Method::Whitening { dim: Some(3) })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("span only 2 directions"), "{err}");
     }
 }

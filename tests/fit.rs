@@ -42,6 +42,7 @@ fn job(model: &Path, data: &Path, out: &Path, steps: usize) -> FitJob {
         eval_sts: None,
         resume: false,
         overwrite: false,
+        post: None,
     }
 }
 

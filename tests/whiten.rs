@@ -73,8 +73,8 @@ fn whitened_folder_whitens_and_loads_with_its_dense_module() {
     let model = normalising_model(dir.path());
     let data = corpus(dir.path(), 300);
     let out = dir.path().join("white");
-    // At initialisation LayerNorm has no bias, so every vector lies in the
-    // plane Σx = 0 (rank 31; full whitening is refused, see below): keep 24.
+    // LayerNorm outputs lie in a hyperplane (here Σx = 0: LayerNorm is at
+    // its initialisation), so the data span 31 directions; keep 24.
     let report = whiten::whiten(
         &job(&model, &data, &out, Method::Whitening { dim: Some(24) }),
         &mut Silent,
@@ -218,6 +218,7 @@ fn fit_trains_through_a_frozen_dense_module() {
         eval_sts: None,
         resume: false,
         overwrite: false,
+        post: None,
     };
     let FitOutcome::Done(_) = training::fit(&fit, &mut Quiet).unwrap() else {
         panic!("interrupted")

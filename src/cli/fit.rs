@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, ValueEnum};
 use embedtune::losses::LossConfig;
 use embedtune::training::optim::AdamWParams;
-use embedtune::training::{self, FitJob, FitOutcome, Observer, StepRecord, TrainConfig};
+use embedtune::training::{
+    self, FitJob, FitOutcome, Observer, PostMap, StepRecord, TrainConfig, recipes,
+};
 use embedtune::{DeviceSpec, Pooling};
 use indicatif::ProgressBar;
 
@@ -35,6 +37,9 @@ pub struct FitArgs {
     /// cls, mean or max [default: the model's pooling, else cls]
     #[arg(long)]
     pooling: Option<Pooling>,
+    /// A tested preset of loss, batch, steps and learning rate (see the README): infonce-whiten.
+    #[arg(long, conflicts_with_all = ["loss", "w_align", "w_uniform", "w_infonce", "alpha", "t", "tau", "lr", "batch_size", "mini_batch", "steps", "epochs"])]
+    recipe: Option<String>,
     #[arg(long, value_enum, default_value = "align-uniform")]
     loss: LossKind,
     #[arg(long, default_value_t = 1.0)]
@@ -179,7 +184,7 @@ impl Observer for Cli {
 }
 
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
-    let job = FitJob {
+    let mut job = FitJob {
         model: args.model.clone(),
         data: args.data.clone(),
         out: args.out.clone(),
@@ -209,7 +214,21 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         eval_sts: args.eval_sts.clone(),
         resume: args.resume,
         overwrite: args.overwrite,
+        post: None,
     };
+    if let Some(name) = &args.recipe {
+        let r = recipes::recipe(name)?;
+        job.train.loss = r.loss;
+        job.train.lr = r.lr;
+        job.train.batch_size = r.batch_size;
+        job.train.mini_batch = r.mini_batch;
+        job.train.steps = Some(r.steps);
+        job.post = r.post.map(|method| PostMap {
+            method,
+            samples: r.post_samples,
+        });
+        eprintln!("recipe {}: {}", r.name, r.summary);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl-C while the checkpoint is written kills at once.

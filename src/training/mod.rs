@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod gradcache;
 pub mod optim;
+pub mod recipes;
 pub mod trainer;
 
 use std::io::Write;
@@ -28,6 +29,7 @@ use crate::output::model_folder::{ModelFolder, check_pooling};
 use crate::pooling::Pooling;
 use crate::report::card;
 use crate::sts::{self, StsResult};
+use crate::whiten::{self, Method};
 
 /// Everything `embedtune fit` needs.
 #[derive(Debug, Clone)]
@@ -43,6 +45,9 @@ pub struct FitJob {
     pub device: DeviceSpec,
     pub eval_sts: Option<PathBuf>,
     pub resume: bool,
+    /// A map computed from the training sentences once training is done,
+    /// saved as the model's Dense module (a recipe's last stage).
+    pub post: Option<PostMap>,
     pub overwrite: bool,
 }
 
@@ -63,7 +68,19 @@ pub struct FitReport {
     pub after: Diagnosis,
     pub sts_before: Option<StsResult>,
     pub sts_after: Option<StsResult>,
+    /// Training, and the post-hoc map when there is one.
     pub train_seconds: f64,
+    /// The post-hoc map, described.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post: Option<String>,
+}
+
+/// A post-hoc map (see [`crate::whiten`]) fitted after training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PostMap {
+    pub method: Method,
+    /// Training sentences it is computed from (at most).
+    pub samples: usize,
 }
 
 pub enum FitOutcome {
@@ -126,19 +143,28 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         ));
     }
     prepare_out(&job.out, job.resume, job.overwrite)?;
-    let embedder = Embedder::from_pretrained(
+    let mut embedder = Embedder::from_pretrained(
         &job.model,
         EmbedderOptions {
             pooling: job.pooling,
             normalize: None,
             max_len: Some(job.max_len),
-            batch_size: job.train.batch_size.max(32),
+            // Evaluation batches: no larger than a training chunk, so memory
+            // stays bounded by --mini-batch when caching.
+            batch_size: job.train.mini_batch.unwrap_or(job.train.batch_size).max(32),
             device: job.device,
             trainable: true,
             ..EmbedderOptions::default()
         },
     )?;
     check_pooling(embedder.pooling())?;
+    if job.post.is_some() && embedder.dense().is_some() {
+        return Err(Error::Model {
+            model: job.model.clone(),
+            message: "already has a Dense module; this recipe adds its own (use the base model)"
+                .into(),
+        });
+    }
     obs.on_message(&format!(
         "{} training sentences, {} held back; {} pooling, max length {}",
         corpus.train_len,
@@ -193,8 +219,13 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
             out: job.out.clone(),
         });
     }
-    let train_seconds = started.elapsed().as_secs_f64();
     let saved_step = trainer.restore_best()?.unwrap_or(trainer.state().step);
+    drop(trainer);
+    let post = match &job.post {
+        Some(p) => Some(fit_post_map(&mut embedder, &corpus, p, obs)?),
+        None => None,
+    };
+    let train_seconds = started.elapsed().as_secs_f64();
 
     let weights = embedder.model().weights.current_tensors()?;
     ModelFolder {
@@ -229,6 +260,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         sts_before,
         sts_after,
         train_seconds,
+        post,
     };
     card::write(
         &job.out,
@@ -238,6 +270,24 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         &report.after,
     )?;
     Ok(FitOutcome::Done(Box::new(report)))
+}
+
+/// Computes `p` from the trained embeddings of the training sentences and
+/// makes it the embedder's Dense module; returns its description.
+fn fit_post_map(
+    embedder: &mut Embedder,
+    corpus: &Corpus,
+    p: &PostMap,
+    obs: &mut dyn Observer,
+) -> Result<String> {
+    let what = p.method.describe();
+    obs.on_message(&format!(
+        "computing {what} from up to {} training sentences…",
+        p.samples
+    ));
+    let moments = whiten::stream_moments(embedder, corpus, Some(p.samples), &mut whiten::Silent)?;
+    embedder.set_dense(whiten::compute(&moments, p.method)?)?;
+    Ok(format!("{what}, from {} training sentences", moments.n))
 }
 
 #[derive(serde::Deserialize)]
@@ -295,6 +345,11 @@ fn model_card(r: &FitReport) -> String {
         c.seed,
         r.train_seconds
     );
+    if let Some(p) = &r.post {
+        s += &format!(
+            "After training: {p}, saved as a `Dense` module after pooling (time included above).\n\n"
+        );
+    }
     s += &card::before_after(&card::BeforeAfter {
         before: &r.before,
         after: &r.after,
