@@ -99,12 +99,35 @@ pub fn load_encoder(
     build_encoder(config, weights, trainable)
 }
 
+/// Refuses a checkpoint with weights for more layers than the config
+/// declares: they would be silently ignored.
+fn check_layer_weights(weights: &Weights, layers: usize) -> Result<()> {
+    let deepest = weights
+        .names()
+        .filter_map(|n| {
+            n.strip_prefix("encoder.layer.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max();
+    match deepest {
+        Some(k) if k >= layers => Err(crate::error::Error::Weight(format!(
+            "the checkpoint has weights for {} layers (up to encoder.layer.{k}) but config.json says num_hidden_layers = {layers}; the rest would be ignored (fix num_hidden_layers)",
+            k + 1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Builds an encoder from a config and weights already in memory.
 pub fn build_encoder(
     config: bert::BertConfig,
     weights: Weights,
     trainable: bool,
 ) -> Result<LoadedEncoder> {
+    check_layer_weights(&weights, config.num_hidden_layers)?;
     let weights = if trainable {
         weights.into_trainable()
     } else {

@@ -56,7 +56,7 @@ const BERT_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
 
 impl BertConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::source::read_to_string(path)?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Config {
             path: path.to_path_buf(),
             message: format!("not a BERT-style config: {e}"),
@@ -83,6 +83,24 @@ impl BertConfig {
             ));
         }
         Activation::from_config(&self.hidden_act).map_err(|e| e.to_string())?;
+        for (name, v) in [
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("hidden_size", self.hidden_size),
+            ("vocab_size", self.vocab_size),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if v == 0 {
+                return Err(format!(
+                    "{name} is 0: the encoder would have nothing to run"
+                ));
+            }
+        }
+        if self.max_position_embeddings <= self.position_offset() + 1 {
+            return Err(format!(
+                "max_position_embeddings {} leaves no positions for tokens",
+                self.max_position_embeddings
+            ));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
