@@ -1,8 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use candle_core::{DType, Device, Tensor};
+use embedtune::models::bert::{BertConfig, init_weights};
+use embedtune::rng::Rng;
 
 /// The real model the heavier tests use: `EMBEDTUNE_TEST_MODEL`, else
 /// `../shared/models/all-MiniLM-L6-v2`. When it is absent the test fails
@@ -106,4 +111,61 @@ pub fn model_variant(
         std::fs::write(out.join(name), bytes).unwrap();
     }
     out.to_path_buf()
+}
+
+pub const WORDS: &[&str] = &[
+    "the", "a", "cat", "dog", "runs", "sleeps", "house", "red", "blue", "green", "quickly",
+    "slowly", "river", "tree", "bird", "sings", "under", "over", "sun", "moon", "eats", "bread",
+    "old", "young", "man", "woman", "child", "plays", "ball", "garden", "walks", "reads", "book",
+    "night", "day",
+];
+
+/// A tiny BERT folder: config.json, vocab.txt (no tokenizer.json), weights.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    tiny_model_sized(dir, "tiny", 32, 2)
+}
+
+/// A random BERT of `hidden` size and `layers` layers in `dir/name`.
+pub fn tiny_model_sized(dir: &Path, name: &str, hidden: usize, layers: usize) -> PathBuf {
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    vocab.extend(WORDS);
+    vocab.push(".");
+    std::fs::write(out.join("vocab.txt"), vocab.join("\n")).unwrap();
+    let cfg = serde_json::json!({
+        "model_type": "bert", "vocab_size": vocab.len(), "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "intermediate_size": 2 * hidden, "max_position_embeddings": 64,
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu"
+    });
+    std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
+    let config: BertConfig = serde_json::from_value(cfg).unwrap();
+    let weights: HashMap<String, Tensor> = init_weights(&config, 1, DType::F32, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (format!("bert.{k}"), v))
+        .chain([(
+            "bert.pooler.dense.bias".to_string(),
+            Tensor::ones(hidden, DType::F32, &Device::Cpu).unwrap(),
+        )])
+        .collect();
+    candle_core::safetensors::save(&weights, out.join("model.safetensors")).unwrap();
+    out
+}
+
+pub fn corpus(dir: &Path, n: usize) -> PathBuf {
+    let mut rng = Rng::new(5);
+    let lines: Vec<String> = (0..n)
+        .map(|_| {
+            let len = 3 + rng.below(6) as usize;
+            let mut s: Vec<&str> = (0..len)
+                .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+                .collect();
+            s.push(".");
+            s.join(" ")
+        })
+        .collect();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
 }
