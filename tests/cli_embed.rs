@@ -202,27 +202,9 @@ fn non_utf8_lines_keep_their_row_and_are_reported() {
 fn rows_stay_aligned_with_null_and_empty_rows() {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path());
-    // A Parquet file whose second row is null (written through Arrow).
+    // A Parquet file whose second row is null.
     let data = dir.path().join("in.parquet");
-    {
-        use std::sync::Arc;
-        let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
-            "text",
-            arrow::datatypes::DataType::Utf8,
-            true,
-        )]);
-        let col = arrow::array::StringArray::from(vec![Some("a cat runs"), None, Some("the dog")]);
-        let batch =
-            arrow::array::RecordBatch::try_new(Arc::new(schema), vec![Arc::new(col)]).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(&data).unwrap(),
-            batch.schema(),
-            None,
-        )
-        .unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-    }
+    common::write_parquet_texts(&data, &[Some("a cat runs"), None, Some("the dog")], None);
     let out = dir.path().join("out.jsonl");
     let o = embedtune(&[
         "embed",

@@ -2,6 +2,8 @@
 //! streams (Hugging Face `datasets` cache files), Parquet with every common
 //! codec, byte-order marks, and row alignment with nulls and empty rows.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +13,6 @@ use arrow::ipc::CompressionType;
 use arrow::ipc::writer::{FileWriter, IpcWriteOptions, StreamWriter};
 use embedtune::source::{read_rows, read_texts};
 use parquet::basic::{BrotliLevel, Compression, GzipLevel};
-use parquet::file::properties::WriterProperties;
 
 fn batch(rows: &[Option<&str>]) -> RecordBatch {
     let schema = Schema::new(vec![Field::new("text", DataType::Utf8, true)]);
@@ -60,7 +61,6 @@ fn compressed_arrow_files_and_streams_are_read() {
 #[test]
 fn parquet_with_every_common_codec_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let b = batch(&ROWS);
     for (name, codec) in [
         ("gzip", Compression::GZIP(GzipLevel::default())),
         ("brotli", Compression::BROTLI(BrotliLevel::default())),
@@ -70,15 +70,7 @@ fn parquet_with_every_common_codec_is_read() {
         ("snappy", Compression::SNAPPY),
     ] {
         let path = dir.path().join(format!("{name}.parquet"));
-        let props = WriterProperties::builder().set_compression(codec).build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(&path).unwrap(),
-            b.schema(),
-            Some(props),
-        )
-        .unwrap();
-        w.write(&b).unwrap();
-        w.close().unwrap();
+        common::write_parquet_texts(&path, &ROWS, Some(codec));
         assert_eq!(texts(&path).len(), 3, "{name}");
     }
 }
@@ -114,15 +106,7 @@ fn a_byte_order_mark_is_dropped_everywhere() {
 fn rows_stay_aligned_with_nulls_and_blank_lines() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nulls.parquet");
-    let b = batch(&[Some("a cat"), None, Some(""), Some("a dog")]);
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        b.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&b).unwrap();
-    w.close().unwrap();
+    common::write_parquet_texts(&path, &[Some("a cat"), None, Some(""), Some("a dog")], None);
     let rows = read_rows(&path, "text").unwrap();
     assert_eq!(rows.texts, ["a cat", "", "", "a dog"]);
     assert_eq!(rows.empty, 2);

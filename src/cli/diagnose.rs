@@ -48,7 +48,7 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
     if texts.len() < 2 {
         let source = args.data.as_deref().unwrap_or("the probe".as_ref());
         anyhow::bail!(
-            "{}: has {} sentence(s); diagnose needs at least 2",
+            "{}: has {} sentence(s); diagnose needs at least 2 sentences",
             source.display(),
             texts.len()
         );

@@ -88,6 +88,12 @@ impl OutDir {
         if out.exists() && !out.is_dir() {
             return Err(Error::data(out, "exists and is not a folder"));
         }
+        let lock_path = out.join(LOCK);
+        // A folder in use is refused as such, before anything else is said
+        // about it.
+        if let Ok(existing) = std::fs::File::open(&lock_path) {
+            try_lock(&existing, out, &lock_path)?;
+        }
         let non_empty = out.is_dir()
             && std::fs::read_dir(out)
                 .map_err(|e| Error::io(out, e))?
@@ -104,22 +110,13 @@ impl OutDir {
         }
         let created = !out.exists();
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let lock_path = out.join(LOCK);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Busy {
-                    path: out.to_path_buf(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-        }
+        try_lock(&lock, out, &lock_path)?;
         let dir = OutDir {
             path: out.to_path_buf(),
             _lock: lock,
@@ -144,6 +141,17 @@ impl Drop for OutDir {
         if self.created {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+/// Takes the advisory lock of the output folder `out`, or says it is busy.
+fn try_lock(file: &std::fs::File, out: &Path, lock_path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+            path: out.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(lock_path, e)),
     }
 }
 

@@ -169,3 +169,29 @@ pub fn corpus(dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&path, lines.join("\n")).unwrap();
     path
 }
+
+/// A Parquet file at `path` with one nullable string column `text`, written
+/// with `compression` (none when `None`).
+pub fn write_parquet_texts(
+    path: &Path,
+    rows: &[Option<&str>],
+    compression: Option<parquet::basic::Compression>,
+) {
+    use std::sync::Arc;
+    let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+        "text",
+        arrow::datatypes::DataType::Utf8,
+        true,
+    )]);
+    let col = arrow::array::StringArray::from(rows.to_vec());
+    let batch = arrow::array::RecordBatch::try_new(Arc::new(schema), vec![Arc::new(col)]).unwrap();
+    let props = compression.map(|c| {
+        parquet::file::properties::WriterProperties::builder()
+            .set_compression(c)
+            .build()
+    });
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), props).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
