@@ -4,14 +4,13 @@
 use candle_core::{DType, Device, Tensor, Var};
 use embedtune::layers::DropoutSeed;
 use embedtune::layers::Weights;
-use embedtune::models::bert::{BertConfig, init_weights};
-use embedtune::models::{LoadedEncoder, build_encoder};
+use embedtune::models::{LoadedEncoder, ModelConfig, build_encoder, init_weights};
 use embedtune::pooling::Pooling;
 use embedtune::rng::Rng;
 use embedtune::tokenize::{Batch, Encoded};
 
-fn tiny_config() -> BertConfig {
-    serde_json::from_value(serde_json::json!({
+fn tiny_config() -> ModelConfig {
+    ModelConfig::from_value(serde_json::json!({
         "model_type": "bert",
         "vocab_size": 50,
         "hidden_size": 32,
@@ -34,7 +33,7 @@ fn tiny_model(dtype: DType, trainable: bool) -> LoadedEncoder {
         &Device::Cpu,
     )
     .unwrap();
-    build_encoder(cfg, weights, trainable).unwrap()
+    build_encoder(&cfg, weights, trainable).unwrap()
 }
 
 /// Three sequences of different lengths (so padding is exercised).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use common::{assert_clean_error, embedtune};
 use embedtune::diagnose::{self, DiagnoseOptions};
-use embedtune::models::bert::{BertConfig, init_weights};
+use embedtune::models::{ModelConfig, init_weights};
 use embedtune::rng::Rng;
 use embedtune::training::{
     self, CorpusOptions, FitJob, FitOutcome, Observer, Quiet, StepRecord, TrainConfig,
@@ -38,7 +38,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu"
     });
     std::fs::write(out.join("config.json"), cfg.to_string()).unwrap();
-    let config: BertConfig = serde_json::from_value(cfg).unwrap();
+    let config = ModelConfig::from_value(cfg).unwrap();
     let weights: HashMap<String, Tensor> = init_weights(&config, 1, DType::F32, &Device::Cpu)
         .unwrap()
         .into_iter()
