@@ -1,10 +1,10 @@
 use serde::Deserialize;
 
-use super::{Arch, BertModel};
+use super::{Arch, BertModel, PostLnNames, PostLnSizes};
 use crate::error::Result;
 use crate::layers::Activation;
 use crate::layers::WeightsView;
-use crate::models::params::{ParamSpec, Role, TableBuilder};
+use crate::models::params::ParamSpec;
 use crate::models::{Encoder, Family};
 
 /// The fields of a Hugging Face `config.json` that a BERT-style encoder uses.
@@ -37,16 +37,16 @@ pub struct BertConfig {
 fn default_model_type() -> String {
     "bert".into()
 }
-fn default_act() -> String {
+pub(crate) fn default_act() -> String {
     "gelu".into()
 }
-fn default_dropout() -> f64 {
+pub(crate) fn default_dropout() -> f64 {
     0.1
 }
 fn default_type_vocab() -> usize {
     2
 }
-fn default_eps() -> f64 {
+pub(crate) fn default_eps() -> f64 {
     1e-12
 }
 fn default_position_type() -> String {
@@ -108,64 +108,25 @@ impl Family for BertConfig {
 
     /// The parameter table, under `transformers`' `BertModel` names.
     fn table(&self) -> Vec<ParamSpec> {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
-        let mut t = TableBuilder::default();
-        t.tensor(
-            "embeddings.word_embeddings.weight",
-            &[self.vocab_size, h],
-            Role::WordEmbeddings,
-        )
-        .tensor(
-            "embeddings.position_embeddings.weight",
-            &[self.max_position_embeddings, h],
-            Role::PositionEmbeddings,
-        );
-        if self.type_vocab_size > 0 {
-            t.tensor(
-                "embeddings.token_type_embeddings.weight",
-                &[self.type_vocab_size, h],
-                Role::TokenTypeEmbeddings,
-            );
-        }
-        t.norm("embeddings.LayerNorm", h, Role::EmbeddingNorm, true);
-        for l in 0..self.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            t.layer(Some(l))
-                .linear(
-                    &format!("{p}.attention.self.query"),
-                    (h, h),
-                    Role::Query,
-                    true,
-                )
-                .linear(&format!("{p}.attention.self.key"), (h, h), Role::Key, true)
-                .linear(
-                    &format!("{p}.attention.self.value"),
-                    (h, h),
-                    Role::Value,
-                    true,
-                )
-                .linear(
-                    &format!("{p}.attention.output.dense"),
-                    (h, h),
-                    Role::AttentionOutput,
-                    true,
-                )
-                .norm(
-                    &format!("{p}.attention.output.LayerNorm"),
-                    h,
-                    Role::AttentionNorm,
-                    true,
-                )
-                .linear(
-                    &format!("{p}.intermediate.dense"),
-                    (h, i),
-                    Role::FfnIn,
-                    true,
-                )
-                .linear(&format!("{p}.output.dense"), (i, h), Role::FfnOut, true)
-                .norm(&format!("{p}.output.LayerNorm"), h, Role::FfnNorm, true);
-        }
-        t.build()
+        let names = PostLnNames {
+            layer: "encoder.layer",
+            parts: [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ],
+        };
+        let sizes = PostLnSizes {
+            vocab: self.vocab_size,
+            intermediate: self.intermediate_size,
+            type_vocab: self.type_vocab_size,
+        };
+        names.table(&self.arch(), &sizes).build()
     }
 
     fn build(&self, vb: &WeightsView) -> Result<Box<dyn Encoder>> {

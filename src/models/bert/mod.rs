@@ -8,7 +8,7 @@
 //! ([`crate::models::params`]) naming its weights; the candle graph here
 //! and the CPU pass in `cpu` both take their weights from that table.
 
-mod config;
+pub(crate) mod config;
 mod cpu;
 
 use candle_core::{DType, Tensor};
@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::layers::{
     Activation, Dropout, DropoutCtx, DropoutSeed, LayerNorm, Linear, RelativeBuckets, WeightsView,
 };
-use crate::models::params::{ParamSpec, Params, Part, Role};
+use crate::models::params::{ParamSpec, Params, Part, Role, TableBuilder};
 use crate::models::{Encoder, EncoderOutput, TrainPass};
 use crate::tokenize::Batch;
 
@@ -54,10 +54,70 @@ impl Arch {
     }
 }
 
+/// Where a post-LayerNorm family stores its weights: the embeddings under
+/// `embeddings.{word,position,token_type}_embeddings` and
+/// `embeddings.LayerNorm`, layer `N` under `{layer}.N.{part}` for each of
+/// [`LAYER_ROLES`].
+pub struct PostLnNames {
+    pub layer: &'static str,
+    pub parts: [&'static str; 8],
+}
+
+/// Sizes the post-LayerNorm table needs beyond [`Arch`].
+pub struct PostLnSizes {
+    pub vocab: usize,
+    pub intermediate: usize,
+    /// 0: no token-type embeddings.
+    pub type_vocab: usize,
+}
+
+impl PostLnNames {
+    /// The parameter table of `arch` under these names (a family may add
+    /// more entries to the builder).
+    pub fn table(&self, arch: &Arch, sizes: &PostLnSizes) -> TableBuilder {
+        let (h, i) = (arch.hidden_size, sizes.intermediate);
+        let mut t = TableBuilder::default();
+        t.tensor(
+            "embeddings.word_embeddings.weight",
+            &[sizes.vocab, h],
+            Role::WordEmbeddings,
+        )
+        .tensor(
+            "embeddings.position_embeddings.weight",
+            &[arch.max_positions, h],
+            Role::PositionEmbeddings,
+        );
+        if sizes.type_vocab > 0 {
+            t.tensor(
+                "embeddings.token_type_embeddings.weight",
+                &[sizes.type_vocab, h],
+                Role::TokenTypeEmbeddings,
+            );
+        }
+        t.norm("embeddings.LayerNorm", h, Role::EmbeddingNorm, true);
+        // (in, out) of each linear layer; `None`: a norm.
+        let sq = Some((h, h));
+        let dims = [sq, sq, sq, sq, None, Some((h, i)), Some((i, h)), None];
+        for l in 0..arch.num_layers {
+            t.layer(Some(l));
+            for ((part, role), dims) in self.parts.iter().zip(LAYER_ROLES).zip(dims) {
+                let name = format!("{}.{l}.{part}", self.layer);
+                match dims {
+                    Some(dims) => t.linear(&name, dims, role, true),
+                    None => t.norm(&name, h, role, true),
+                };
+            }
+        }
+        t.layer(None);
+        t
+    }
+}
+
 /// Dropout sites (see [`crate::layers::dropout`]): the embeddings, then
 /// per layer the attention probabilities, the attention output and the
-/// feed-forward output. The graph and the CPU pass use the same numbers.
-mod site {
+/// feed-forward output. The graph and the CPU pass use the same numbers
+/// (and ModernBERT's graph: its GeGLU product is its feed-forward site).
+pub(crate) mod site {
     pub const EMBEDDINGS: u32 = 0;
     pub fn probs(layer: usize) -> u32 {
         1 + 3 * layer as u32

@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use crate::error::Result as LoadResult;
 use crate::layers::{Activation, WeightsView};
-use crate::models::bert::{Arch, BertModel, check_heads};
-use crate::models::params::{ParamSpec, Role, TableBuilder};
+use crate::models::bert::config::{default_act, default_dropout};
+use crate::models::bert::{Arch, BertModel, PostLnNames, PostLnSizes, check_heads};
+use crate::models::params::ParamSpec;
 use crate::models::{Encoder, Family};
 
 /// The fields of a DistilBERT `config.json` the encoder uses.
@@ -35,13 +36,6 @@ pub struct DistilBertConfig {
     pub sinusoidal_pos_embds: bool,
     #[serde(default)]
     pub pad_token_id: usize,
-}
-
-fn default_dropout() -> f64 {
-    0.1
-}
-fn default_act() -> String {
-    "gelu".into()
 }
 
 impl DistilBertConfig {
@@ -76,37 +70,25 @@ impl Family for DistilBertConfig {
 
     /// The parameter table, under `transformers`' `DistilBertModel` names.
     fn table(&self) -> Vec<ParamSpec> {
-        let (h, i) = (self.dim, self.hidden_dim);
-        let mut t = TableBuilder::default();
-        t.tensor(
-            "embeddings.word_embeddings.weight",
-            &[self.vocab_size, h],
-            Role::WordEmbeddings,
-        )
-        .tensor(
-            "embeddings.position_embeddings.weight",
-            &[self.max_position_embeddings, h],
-            Role::PositionEmbeddings,
-        )
-        .norm("embeddings.LayerNorm", h, Role::EmbeddingNorm, true);
-        for l in 0..self.n_layers {
-            let p = format!("transformer.layer.{l}");
-            t.layer(Some(l))
-                .linear(&format!("{p}.attention.q_lin"), (h, h), Role::Query, true)
-                .linear(&format!("{p}.attention.k_lin"), (h, h), Role::Key, true)
-                .linear(&format!("{p}.attention.v_lin"), (h, h), Role::Value, true)
-                .linear(
-                    &format!("{p}.attention.out_lin"),
-                    (h, h),
-                    Role::AttentionOutput,
-                    true,
-                )
-                .norm(&format!("{p}.sa_layer_norm"), h, Role::AttentionNorm, true)
-                .linear(&format!("{p}.ffn.lin1"), (h, i), Role::FfnIn, true)
-                .linear(&format!("{p}.ffn.lin2"), (i, h), Role::FfnOut, true)
-                .norm(&format!("{p}.output_layer_norm"), h, Role::FfnNorm, true);
-        }
-        t.build()
+        let names = PostLnNames {
+            layer: "transformer.layer",
+            parts: [
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ],
+        };
+        let sizes = PostLnSizes {
+            vocab: self.vocab_size,
+            intermediate: self.hidden_dim,
+            type_vocab: 0,
+        };
+        names.table(&self.arch(), &sizes).build()
     }
 
     fn build(&self, vb: &WeightsView) -> LoadResult<Box<dyn Encoder>> {

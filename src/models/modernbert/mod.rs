@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::error::Result;
 use crate::layers::rotary::Rotary;
 use crate::layers::{Activation, Dropout, DropoutCtx, DropoutSeed, LayerNorm, Linear, WeightsView};
-use crate::models::bert::{check_heads, padding_bias};
+use crate::models::bert::{check_heads, padding_bias, site};
 use crate::models::params::{ParamSpec, Params, Part, Role, TableBuilder};
 use crate::models::{Encoder, EncoderOutput, Family};
 use crate::tokenize::Batch;
@@ -194,21 +194,6 @@ impl Family for ModernBertConfig {
     }
 }
 
-/// Dropout sites: the embeddings, then per layer the attention
-/// probabilities, the attention output and the GeGLU product.
-mod site {
-    pub const EMBEDDINGS: u32 = 0;
-    pub fn probs(layer: usize) -> u32 {
-        1 + 3 * layer as u32
-    }
-    pub fn attention_output(layer: usize) -> u32 {
-        2 + 3 * layer as u32
-    }
-    pub fn mlp(layer: usize) -> u32 {
-        3 + 3 * layer as u32
-    }
-}
-
 /// A LayerNorm whose bias may be absent (then zero, and not a parameter).
 fn norm(p: &Params, role: fn(Part) -> Role, layer: Option<usize>, eps: f64) -> Result<LayerNorm> {
     let weight = p.get(role(Part::Weight), layer).clone();
@@ -370,7 +355,7 @@ impl ModernBertModel {
         let i = self.config.intermediate_size;
         let (input, gate) = (y.narrow(2, 0, i)?, y.narrow(2, i, i)?);
         let y = self.activation.forward_tensor(&input)?.mul(&gate)?;
-        let y = Dropout::new(self.config.mlp_dropout).forward(&y, dropout, site::mlp(l))?;
+        let y = Dropout::new(self.config.mlp_dropout).forward(&y, dropout, site::ffn_output(l))?;
         layer.wo.forward(&y)
     }
 }

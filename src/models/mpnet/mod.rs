@@ -8,8 +8,9 @@ use serde::Deserialize;
 
 use crate::error::Result as LoadResult;
 use crate::layers::{Activation, RelativeBuckets, WeightsView};
-use crate::models::bert::{Arch, BertModel, check_heads};
-use crate::models::params::{ParamSpec, Role, TableBuilder};
+use crate::models::bert::config::{default_act, default_dropout, default_eps};
+use crate::models::bert::{Arch, BertModel, PostLnNames, PostLnSizes, check_heads};
+use crate::models::params::{ParamSpec, Role};
 use crate::models::{Encoder, Family};
 
 /// The fields of an MPNet `config.json` the encoder uses.
@@ -35,15 +36,6 @@ pub struct MPNetConfig {
     pub pad_token_id: usize,
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_dropout() -> f64 {
-    0.1
-}
-fn default_eps() -> f64 {
-    1e-12
-}
 fn default_buckets() -> usize {
     32
 }
@@ -98,55 +90,35 @@ impl Family for MPNetConfig {
 
     /// The parameter table, under `transformers`' `MPNetModel` names.
     fn table(&self) -> Vec<ParamSpec> {
-        let (h, i) = (self.hidden_size, self.intermediate_size);
-        let mut t = TableBuilder::default();
-        t.tensor(
-            "embeddings.word_embeddings.weight",
-            &[self.vocab_size, h],
-            Role::WordEmbeddings,
-        )
-        .tensor(
-            "embeddings.position_embeddings.weight",
-            &[self.max_position_embeddings, h],
-            Role::PositionEmbeddings,
-        )
-        .norm("embeddings.LayerNorm", h, Role::EmbeddingNorm, true);
-        for l in 0..self.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            t.layer(Some(l))
-                .linear(&format!("{p}.attention.attn.q"), (h, h), Role::Query, true)
-                .linear(&format!("{p}.attention.attn.k"), (h, h), Role::Key, true)
-                .linear(&format!("{p}.attention.attn.v"), (h, h), Role::Value, true)
-                .linear(
-                    &format!("{p}.attention.attn.o"),
-                    (h, h),
-                    Role::AttentionOutput,
-                    true,
-                )
-                .norm(
-                    &format!("{p}.attention.LayerNorm"),
-                    h,
-                    Role::AttentionNorm,
-                    true,
-                )
-                .linear(
-                    &format!("{p}.intermediate.dense"),
-                    (h, i),
-                    Role::FfnIn,
-                    true,
-                )
-                .linear(&format!("{p}.output.dense"), (i, h), Role::FfnOut, true)
-                .norm(&format!("{p}.output.LayerNorm"), h, Role::FfnNorm, true);
-        }
-        t.layer(None).tensor(
-            "encoder.relative_attention_bias.weight",
-            &[
-                self.relative_attention_num_buckets,
-                self.num_attention_heads,
+        let names = PostLnNames {
+            layer: "encoder.layer",
+            parts: [
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+                "attention.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
             ],
-            Role::RelativeAttentionBias,
-        );
-        t.build()
+        };
+        let sizes = PostLnSizes {
+            vocab: self.vocab_size,
+            intermediate: self.intermediate_size,
+            type_vocab: 0,
+        };
+        names
+            .table(&self.arch(), &sizes)
+            .tensor(
+                "encoder.relative_attention_bias.weight",
+                &[
+                    self.relative_attention_num_buckets,
+                    self.num_attention_heads,
+                ],
+                Role::RelativeAttentionBias,
+            )
+            .build()
     }
 
     fn build(&self, vb: &WeightsView) -> LoadResult<Box<dyn Encoder>> {
