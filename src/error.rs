@@ -6,11 +6,11 @@ use std::path::PathBuf;
 /// Every way an embedtune library call can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A local path could not be read or written.
+    /// A local path could not be read or written. (The OS error is part
+    /// of the message, not a separate `source`, so chains print it once.)
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
 
@@ -42,13 +42,68 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A setting is out of range: `name` is the option (`--tau`), `value`
+    /// what was given.
+    #[error("{name} {value}: {message}")]
+    Setting {
+        name: String,
+        value: String,
+        message: String,
+    },
+
+    /// Another process holds the lock on an output folder.
+    #[error(
+        "{path}: another embedtune run is using this folder (wait for it to finish, or choose another --out)"
+    )]
+    Busy { path: PathBuf },
+
+    /// `--resume` with a setting that differs from the checkpoint's.
+    #[error(
+        "--resume: {setting} was {was} when the checkpoint was made, now {now} (resume with the same settings, or start again with --overwrite)"
+    )]
+    ResumeMismatch {
+        setting: String,
+        was: String,
+        now: String,
+    },
+
+    /// A statistic that is undefined on this input (e.g. the correlation
+    /// of a constant series).
+    #[error("{0}")]
+    Undefined(String),
+
     /// Training produced a NaN or infinite loss.
     #[error("the loss became {0}")]
     NonFiniteLoss(f64),
 
     /// A tensor operation failed (shape mismatch, device error, …).
     #[error("tensor: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    /// Keeps candle's message and drops the backtrace candle attaches when
+    /// `RUST_BACKTRACE` is set: errors stay one line.
+    fn from(e: candle_core::Error) -> Self {
+        Error::Tensor(without_backtrace(e))
+    }
+}
+
+/// `e` without the backtraces candle captures under `RUST_BACKTRACE`.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        e => e,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,6 +113,18 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn setting(
+        name: &str,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Setting {
+            name: name.to_string(),
+            value: value.to_string(),
+            message: message.into(),
         }
     }
 

@@ -108,10 +108,11 @@ impl Embedder {
 
     pub fn from_files(files: ModelFiles, options: EmbedderOptions) -> Result<Self> {
         if options.batch_size == 0 {
-            return Err(Error::Invalid("batch size must be at least 1".into()));
+            return Err(Error::setting("--batch-size", 0, "must be at least 1"));
         }
         let device = options.device.open()?;
         let settings = SbertSettings::read(&files)?;
+        let pooling = settings.pooling(options.pooling)?;
         let model = load_encoder(&files, options.dtype, &device, options.trainable)?;
         let limit = model.encoder.max_input_len();
         let max_len = options
@@ -140,7 +141,7 @@ impl Embedder {
         }
         Ok(Embedder {
             dense,
-            pooling: options.pooling.or(settings.pooling).unwrap_or(Pooling::Cls),
+            pooling,
             normalize: options.normalize.unwrap_or(settings.normalize),
             batch_size: options.batch_size,
             files,

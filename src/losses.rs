@@ -101,6 +101,44 @@ impl LossConfig {
             ..Self::align_uniform()
         }
     }
+
+    /// Checks every parameter before any work: the exponent and the
+    /// temperatures positive, the weights non-negative and not all zero.
+    /// Errors name the command-line option.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v, what) in [
+            ("--alpha", self.alpha, "the alignment exponent"),
+            ("--t", self.t, "the uniformity temperature"),
+            ("--tau", self.tau, "the InfoNCE temperature"),
+        ] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::setting(
+                    name,
+                    v,
+                    format!("{what} must be a positive number"),
+                ));
+            }
+        }
+        for (name, v) in [
+            ("--w-align", self.w_align),
+            ("--w-uniform", self.w_uniform),
+            ("--w-infonce", self.w_info_nce),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::setting(
+                    name,
+                    v,
+                    "a loss weight must be a finite number ≥ 0",
+                ));
+            }
+        }
+        if self.w_align + self.w_uniform + self.w_info_nce == 0.0 {
+            return Err(Error::Invalid(
+                "every loss weight is 0: nothing to train (give --w-align, --w-uniform or --w-infonce a positive weight)".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The loss of one batch and its parts (scalars; the parts are reported

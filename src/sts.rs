@@ -167,6 +167,27 @@ fn read_jsonl(path: &Path, lines: &[String]) -> Result<Vec<StsPair>> {
     Ok(pairs)
 }
 
+/// Cosines closer than this are the same as far as float32 embeddings can
+/// tell: their order is rounding noise.
+const COSINE_RESOLUTION: f64 = 1e-6;
+
+/// Refuses a series with no spread: constant values have no ranks, so a
+/// correlation with them is undefined (not ±100 from rounding noise).
+fn check_spread(values: &[f64], what: &str) -> Result<()> {
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi - lo <= COSINE_RESOLUTION {
+        return Err(Error::Undefined(format!(
+            "every one of the {} pairs has the same {what} ({lo:.6}): constant values have no rank correlation, so Spearman and Pearson are undefined (use pairs that differ)",
+            values.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Embeds every distinct sentence once and correlates cosines with scores.
 pub fn evaluate(embedder: &Embedder, pairs: &[StsPair]) -> Result<StsResult> {
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -190,7 +211,9 @@ pub fn evaluate(embedder: &Embedder, pairs: &[StsPair]) -> Result<StsResult> {
             a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
         })
         .collect();
+    check_spread(&cosines, "cosine similarity of the two sentences")?;
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
+    check_spread(&gold, "gold score")?;
     Ok(StsResult {
         spearman: 100.0 * metrics::spearman(&gold, &cosines)?,
         pearson: 100.0 * metrics::pearson(&gold, &cosines)?,

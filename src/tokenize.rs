@@ -75,7 +75,8 @@ struct TokenizerConfig {
 impl TextTokenizer {
     pub fn load(files: &TokenizerFiles, max_len: usize, pad_id: u32) -> Result<Self> {
         let inner = match files {
-            TokenizerFiles::Json(path) => Tokenizer::from_file(path)
+            TokenizerFiles::Json(path) => crate::source::read_to_string(path)?
+                .parse::<Tokenizer>()
                 .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?,
             TokenizerFiles::Vocab { vocab, config } => wordpiece(vocab, config.as_deref())?,
         };
@@ -84,9 +85,11 @@ impl TextTokenizer {
 
     pub fn from_tokenizer(mut inner: Tokenizer, max_len: usize, pad_id: u32) -> Result<Self> {
         if max_len < 2 {
-            return Err(Error::Invalid(format!(
-                "max length {max_len} leaves no room for the special tokens"
-            )));
+            return Err(Error::setting(
+                "--max-len",
+                max_len,
+                "leaves no room for the special tokens ([CLS] and [SEP]); give at least 2",
+            ));
         }
         inner.with_padding(None);
         inner
@@ -175,7 +178,7 @@ pub fn length_sorted_batches(encoded: &[Encoded], batch_size: usize) -> Vec<Vec<
 fn wordpiece(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
     let cfg: TokenizerConfig = match config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let text = crate::source::read_to_string(path)?;
             serde_json::from_str(&text).map_err(|e| Error::Config {
                 path: path.to_path_buf(),
                 message: e.to_string(),
@@ -190,13 +193,16 @@ fn wordpiece(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
         .to_str()
         .ok_or_else(|| Error::Tokenizer(format!("{}: path is not UTF-8", vocab.display())))?;
     let model = WordPiece::from_file(vocab_str)
-        .unk_token(unk)
+        .unk_token(unk.clone())
         .build()
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab.display())))?;
     let token_id = |tok: &str| -> Result<u32> {
         model_token_id(&model, tok)
             .ok_or_else(|| Error::Tokenizer(format!("{} has no `{tok}` token", vocab.display())))
     };
+    // Without the unknown token, the first word outside the vocabulary
+    // would fail; say so at load.
+    token_id(&unk)?;
     let (cls_id, sep_id) = (token_id(&cls)?, token_id(&sep)?);
     let lowercase = cfg.do_lower_case.unwrap_or(true);
     let mut tokenizer = Tokenizer::new(model);

@@ -126,9 +126,11 @@ pub fn check_method(method: Method, d: usize) -> Result<usize> {
         Method::Abtt { remove } => (remove, "--remove", 0),
     };
     if k > d || k < least {
-        return Err(Error::Invalid(format!(
-            "{flag} {k}: must be between {least} and the embedding dimension {d}"
-        )));
+        return Err(Error::setting(
+            flag,
+            k,
+            format!("must be between {least} and the embedding dimension {d}"),
+        ));
     }
     Ok(k)
 }

@@ -219,3 +219,63 @@ fn bad_inputs_give_clear_errors() {
         "unknown format",
     );
 }
+
+/// `diagnose --plot` when the disk fills up (simulated by a file-size
+/// limit, its signal ignored so writes fail with EFBIG as on a full disk):
+/// no figure appears rather than some, and no temporary file stays.
+#[test]
+fn plots_on_a_full_disk_leave_no_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path());
+    let data = common::corpus(dir.path(), 40);
+    let run = |plot: &std::path::Path, limit_kb: Option<u64>| {
+        let limit = limit_kb.map_or(String::new(), |kb| format!("ulimit -f {kb}; "));
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; {limit}exec \"$0\" diagnose --model \"$1\" --data \"$2\" --plot \"$3\" --max-len 16"
+            ))
+            .arg(env!("CARGO_BIN_EXE_embedtune"))
+            .args([&model, &data, &plot.to_path_buf()])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let sizes = |plot: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(plot)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let full = dir.path().join("full");
+    assert!(run(&full, None).status.success());
+    let written = sizes(&full);
+    assert_eq!(written.len(), 3, "{written:?}");
+    // A limit under the largest figure but above the others.
+    let mut by_size: Vec<u64> = written.iter().map(|(_, s)| *s).collect();
+    by_size.sort();
+    let limit_kb = (by_size[2] - 1) / 1024;
+    assert!(
+        limit_kb * 1024 > by_size[1],
+        "figures too close in size: {written:?}"
+    );
+    let plot = dir.path().join("plot");
+    let res = run(&plot, Some(limit_kb));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        !res.status.success() && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("plot"),
+        "{stderr}"
+    );
+    assert_eq!(sizes(&plot), Vec::new(), "figures or temporaries left");
+}

@@ -167,7 +167,7 @@ fn csv_and_jsonl_inputs_use_the_named_column() {
 }
 
 #[test]
-fn non_utf8_lines_are_skipped_and_reported() {
+fn non_utf8_lines_keep_their_row_and_are_reported() {
     let Some(model) = common::test_model() else {
         return;
     };
@@ -188,8 +188,50 @@ fn non_utf8_lines_are_skipped_and_reported() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 1 line(s)"));
-    assert_eq!(std::fs::read_to_string(out).unwrap().lines().count(), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 line(s)"));
+    let rows: Vec<String> = std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(rows.len(), 3, "one row per input line");
+    assert!(rows[1].contains('\u{fffd}'), "{}", rows[1]);
+}
+
+#[test]
+fn rows_stay_aligned_with_null_and_empty_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path());
+    // A Parquet file whose second row is null.
+    let data = dir.path().join("in.parquet");
+    common::write_parquet_texts(&data, &[Some("a cat runs"), None, Some("the dog")], None);
+    let out = dir.path().join("out.jsonl");
+    let o = embedtune(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 row(s)") && stderr.contains("empty or null"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        got,
+        ["a cat runs", "", "the dog"],
+        "row i of OUT is row i of the input"
+    );
 }
 
 #[test]

@@ -1,17 +1,18 @@
 //! The encoder can be trained: gradients reach every weight and agree with
 //! finite differences; dropout is real and reproducible.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::max_token_diff;
 use embedtune::layers::DropoutSeed;
 use embedtune::layers::Weights;
-use embedtune::models::bert::{BertConfig, init_weights};
-use embedtune::models::{LoadedEncoder, build_encoder};
-use embedtune::pooling::Pooling;
+use embedtune::models::{LoadedEncoder, ModelConfig, build_encoder, init_weights};
 use embedtune::rng::Rng;
 use embedtune::tokenize::{Batch, Encoded};
 
-fn tiny_config() -> BertConfig {
-    serde_json::from_value(serde_json::json!({
+fn tiny_config() -> ModelConfig {
+    ModelConfig::from_value(serde_json::json!({
         "model_type": "bert",
         "vocab_size": 50,
         "hidden_size": 32,
@@ -34,7 +35,7 @@ fn tiny_model(dtype: DType, trainable: bool) -> LoadedEncoder {
         &Device::Cpu,
     )
     .unwrap();
-    build_encoder(cfg, weights, trainable).unwrap()
+    build_encoder(&cfg, weights, trainable).unwrap()
 }
 
 /// Three sequences of different lengths (so padding is exercised).
@@ -71,51 +72,11 @@ fn pad(encoded: &[Encoded]) -> Batch {
     }
 }
 
-/// A scalar loss of the pooled train-mode output, with fixed dropout masks.
-fn loss(model: &LoadedEncoder, batch: &Batch, seed: u64) -> Tensor {
-    let out = model
-        .encoder
-        .forward_graph(batch, Some(DropoutSeed(seed)))
-        .unwrap();
-    let pooled = Pooling::Mean.pool(&out, &batch.attention_mask).unwrap();
-    let (b, h) = pooled.dims2().unwrap();
-    let weights: Vec<f64> = (0..b * h)
-        .map(|k| ((k * 7919) % 13) as f64 / 13.0 - 0.4)
-        .collect();
-    let r = Tensor::from_vec(weights, (b, h), &Device::Cpu)
-        .unwrap()
-        .to_dtype(pooled.dtype())
-        .unwrap();
-    // Squares make the loss depend on the pooled vectors non-linearly.
-    (pooled.mul(&r).unwrap().sum_all().unwrap() + pooled.sqr().unwrap().sum_all().unwrap()).unwrap()
-}
-
-fn vars(model: &LoadedEncoder) -> Vec<(String, Var)> {
-    let map = model.weights.varmap().unwrap().data().lock().unwrap();
-    let mut v: Vec<(String, Var)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn every_weight_gets_a_finite_nonzero_gradient() {
     let model = tiny_model(DType::F32, true);
-    let batch = batch();
-    let grads = loss(&model, &batch, 11).backward().unwrap();
-    let vars = vars(&model);
     // 5 embedding tensors + 16 per layer.
-    assert_eq!(vars.len(), 5 + 16 * 2);
-    for (name, var) in &vars {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let values: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(
-            values.iter().all(|v| v.is_finite()),
-            "{name}: non-finite gradient"
-        );
-        assert!(values.iter().any(|v| *v != 0.0), "{name}: zero gradient");
-    }
+    common::assert_every_weight_gets_a_gradient(&model, &batch(), 5 + 16 * 2);
 }
 
 #[test]
@@ -123,8 +84,6 @@ fn gradients_match_finite_differences_in_f64() {
     let model = tiny_model(DType::F64, true);
     let batch = batch();
     let seed = 5;
-    let grads = loss(&model, &batch, seed).backward().unwrap();
-    let vars = vars(&model);
     let probes = [
         ("embeddings.word_embeddings.weight", 7 * 32 + 3),
         ("embeddings.position_embeddings.weight", 2 * 32 + 1),
@@ -136,39 +95,7 @@ fn gradients_match_finite_differences_in_f64() {
         ("encoder.layer.1.output.dense.bias", 9),
         ("encoder.layer.1.output.LayerNorm.bias", 17),
     ];
-    let eps = 1e-6;
-    for (name, k) in probes {
-        let var = &vars.iter().find(|(n, _)| n == name).unwrap().1;
-        let analytic: Vec<f64> = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let original = var.as_tensor().copy().unwrap();
-        let shape = original.shape().clone();
-        let mut flat: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
-        let at = |flat: &Vec<f64>| {
-            var.set(&Tensor::from_vec(flat.clone(), shape.clone(), &Device::Cpu).unwrap())
-                .unwrap();
-            loss(&model, &batch, seed).to_scalar::<f64>().unwrap()
-        };
-        let x = flat[k];
-        flat[k] = x + eps;
-        let up = at(&flat);
-        flat[k] = x - eps;
-        let down = at(&flat);
-        flat[k] = x;
-        at(&flat);
-        let numeric = (up - down) / (2.0 * eps);
-        let rel = (numeric - analytic[k]).abs() / numeric.abs().max(analytic[k].abs()).max(1e-8);
-        assert!(
-            rel < 1e-2,
-            "{name}[{k}]: analytic {} vs numeric {numeric} (rel {rel})",
-            analytic[k]
-        );
-    }
+    common::assert_gradients_match_finite_differences(&model, &batch, DropoutSeed(seed), &probes);
 }
 
 fn last_hidden(model: &LoadedEncoder, batch: &Batch, dropout: Option<DropoutSeed>) -> Vec<f32> {
@@ -201,45 +128,6 @@ fn eval_mode_is_deterministic_and_dropout_free() {
     // Agreement with the candle graph: cpu_inference_path_matches_the_candle_graph.
 }
 
-/// A loss that reads two hidden states (first-last-avg) and the last one
-/// (CLS), so gradients enter the encoder at more than one layer.
-fn loss_of(out: &embedtune::models::EncoderOutput, batch: &Batch) -> Tensor {
-    let fla = Pooling::FirstLastAvg
-        .pool(out, &batch.attention_mask)
-        .unwrap();
-    let cls = Pooling::Cls.pool(out, &batch.attention_mask).unwrap();
-    let (b, h) = cls.dims2().unwrap();
-    let r: Vec<f32> = (0..b * h)
-        .map(|k| ((k * 7919) % 13) as f32 / 13.0 - 0.4)
-        .collect();
-    let r = Tensor::from_vec(r, (b, h), &Device::Cpu).unwrap();
-    (fla.mul(&r).unwrap().sum_all().unwrap() + cls.sqr().unwrap().sum_all().unwrap()).unwrap()
-}
-
-/// Largest difference over real tokens (the CPU path leaves padding zero;
-/// no pooling reads it).
-fn max_token_diff(a: &Tensor, b: &Tensor, batch: &Batch) -> f32 {
-    let mask = batch
-        .attention_mask
-        .to_dtype(DType::F32)
-        .unwrap()
-        .unsqueeze(2)
-        .unwrap();
-    max_abs_diff(
-        &a.broadcast_mul(&mask).unwrap(),
-        &b.broadcast_mul(&mask).unwrap(),
-    )
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn cpu_training_pass_matches_the_candle_graph() {
     let model = tiny_model(DType::F32, true);
@@ -249,54 +137,7 @@ fn cpu_training_pass_matches_the_candle_graph() {
     types[2 * 7 + 4..2 * 7 + 7].fill(1);
     batch.token_type_ids = Tensor::from_vec(types, (3, 7), &Device::Cpu).unwrap();
 
-    let graph_out = model
-        .encoder
-        .forward_graph(&batch, Some(DropoutSeed(21)))
-        .unwrap();
-    let graph_loss = loss_of(&graph_out, &batch);
-    let graph_grads = graph_loss.backward().unwrap();
-
-    let pass = model
-        .encoder
-        .forward_train(&batch, DropoutSeed(21))
-        .unwrap()
-        .expect("f32 on the CPU has a hand-written pass");
-    // Same dropout masks, so the same outputs.
-    for (a, b) in graph_out
-        .hidden_states
-        .iter()
-        .zip(&pass.output().hidden_states)
-    {
-        assert!(max_token_diff(a, b, &batch) < 1e-5, "hidden states differ");
-    }
-    let cpu_loss = loss_of(pass.output(), &batch);
-    let mut cpu_grads = cpu_loss.backward().unwrap();
-    pass.backward(&mut cpu_grads).unwrap();
-    let (gl, cl) = (
-        graph_loss.to_scalar::<f32>().unwrap(),
-        cpu_loss.to_scalar::<f32>().unwrap(),
-    );
-    assert!((gl - cl).abs() < 1e-4 * gl.abs().max(1.0), "{gl} vs {cl}");
-
-    for (name, var) in vars(&model) {
-        let g = graph_grads.get(var.as_tensor()).unwrap();
-        let c = cpu_grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("CPU pass gave no gradient for {name}"));
-        assert_eq!(g.shape(), c.shape(), "{name}");
-        let scale = g
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = max_abs_diff(g, c);
-        assert!(
-            diff <= 1e-4 * scale.max(1e-3),
-            "{name}: max |graph − cpu| = {diff:e} (largest gradient {scale:e})"
-        );
-    }
+    common::assert_cpu_pass_matches_graph(&model, &batch, DropoutSeed(21));
 }
 
 #[test]

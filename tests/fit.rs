@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use common::{WORDS, assert_clean_error, corpus, embedtune, tiny_model};
@@ -245,8 +245,8 @@ fn bad_inputs_fail_before_training() {
             "training started for {extra:?}"
         );
     };
-    fit(&["--min-words", "1000"], "no training sentences left");
-    fit(&["--batch-size", "1"], "at least 2 sentences");
+    fit(&["--min-words", "1000"], "only 0 training sentence");
+    fit(&["--batch-size", "1"], "--batch-size 1");
     fit(&["--loss", "triplet"], "invalid value 'triplet'");
     fit(&["--pooling", "first-last-avg"], "first-last-avg");
     let res = embedtune(&["fit", "--model", m, "--data", "/no/such/corpus", "--out", o]);
@@ -382,4 +382,163 @@ fn eval_sts_keeps_the_best_weights() {
             .unwrap()
             .contains("STS Spearman")
     );
+}
+
+#[test]
+fn resume_refuses_changed_settings_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 200);
+    let out = dir.path().join("out");
+    let j = job(&model, &data, &out, 8);
+    assert!(matches!(
+        training::fit(&j, &mut StopAt(4, 0)).unwrap(),
+        FitOutcome::Interrupted { step: 4, .. }
+    ));
+    let changed = [
+        (
+            FitJob {
+                max_len: 32,
+                resume: true,
+                ..j.clone()
+            },
+            "--max-len was 16",
+        ),
+        (
+            FitJob {
+                pooling: Some(Pooling::Cls),
+                resume: true,
+                ..j.clone()
+            },
+            "--pooling was mean",
+        ),
+        (
+            FitJob {
+                corpus: CorpusOptions {
+                    holdout: 30,
+                    ..j.corpus.clone()
+                },
+                resume: true,
+                ..j.clone()
+            },
+            "--holdout was 40",
+        ),
+    ];
+    for (job, needle) in changed {
+        let err = match training::fit(&job, &mut Quiet) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("resumed with changed settings ({needle})"),
+        };
+        assert!(err.contains(needle), "{err}");
+        assert!(!err.contains('\n') && err.len() < 300, "{err}");
+    }
+    assert!(!out.join("model.safetensors").exists());
+    // The same settings still resume.
+    let resumed = FitJob { resume: true, ..j };
+    assert!(matches!(
+        training::fit(&resumed, &mut Quiet).unwrap(),
+        FitOutcome::Done(_)
+    ));
+}
+
+#[test]
+fn a_busy_output_folder_is_refused_and_a_dead_lock_is_not_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 100);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let args = |o: &Path| {
+        vec![
+            "fit".to_string(),
+            "--model".into(),
+            model.to_str().unwrap().into(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--out".into(),
+            o.to_str().unwrap().into(),
+            "--steps".into(),
+            "2".into(),
+            "--batch-size".into(),
+            "8".into(),
+            "--max-len".into(),
+            "16".into(),
+        ]
+    };
+    // Another run holds the folder (as a running fit does).
+    let holder = std::fs::File::create(out.join(".embedtune.lock")).unwrap();
+    holder.try_lock().unwrap();
+    let argv = args(&out);
+    let res = embedtune(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_clean_error(&res, "another embedtune run is using this folder");
+    assert!(!out.join("train_log.jsonl").exists());
+    // The holder goes away (a dead process releases its lock): no longer busy.
+    drop(holder);
+    let res = embedtune(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+#[test]
+fn sigterm_checkpoints_like_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 300);
+    let out = dir.path().join("out");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_embedtune"))
+        .args(["fit", "--model", model.to_str().unwrap(), "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(["--steps", "100000", "--batch-size", "8", "--max-len", "16"])
+        .args(["--save-every", "0", "--eval-every", "0", "--holdout", "20"])
+        .env("HF_HUB_OFFLINE", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for training to be under way.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(out.join("train_log.jsonl"))
+        .is_ok_and(|l| l.lines().count() >= 2)
+    {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let res = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: checkpoint at step"),
+        "{stderr}"
+    );
+    let ckpt = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .expect("a checkpoint");
+    assert!(ckpt.path().join("state.json").is_file());
+}
+
+#[test]
+fn saved_weights_are_as_readable_as_the_other_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 200);
+    let out = dir.path().join("out");
+    training::fit(&job(&model, &data, &out, 4), &mut Quiet).unwrap();
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    let config = mode(out.join("config.json"));
+    assert_eq!(mode(out.join("model.safetensors")), config);
+    let ckpt = out.join("checkpoints/step-00000004");
+    assert_eq!(mode(ckpt.join("model.safetensors")), config);
+    assert_eq!(mode(ckpt.join("optimizer.safetensors")), config);
 }

@@ -14,6 +14,11 @@ struct Fixture {
     token_counts: Vec<usize>,
     mean_normalized: Vec<Vec<f32>>,
     cls_raw: Vec<Vec<f32>>,
+    /// The sentences of the raw rows below.
+    pooled_rows: Vec<usize>,
+    mean_raw: Vec<Vec<f32>>,
+    max_raw: Vec<Vec<f32>>,
+    first_last_avg_raw: Vec<Vec<f32>>,
 }
 
 fn fixture() -> Fixture {
@@ -21,11 +26,13 @@ fn fixture() -> Fixture {
     serde_json::from_str(&text).unwrap()
 }
 
-fn check(pooling: Pooling, normalize: bool, expected: &[Vec<f32>]) {
+/// Embeds every fixture sentence, or those of `rows`, and compares them
+/// with `expected`.
+fn check(pooling: Pooling, normalize: bool, rows: Option<&[usize]>, expected: &[Vec<f32>]) {
     let Some(model) = common::test_model() else {
         return;
     };
-    let fx = fixture();
+    let mut fx = fixture();
     let embedder = Embedder::from_pretrained(
         model.to_str().unwrap(),
         EmbedderOptions {
@@ -43,7 +50,11 @@ fn check(pooling: Pooling, normalize: bool, expected: &[Vec<f32>]) {
     let counts: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
     assert_eq!(counts, fx.token_counts);
 
+    if let Some(rows) = rows {
+        fx.sentences = rows.iter().map(|&i| fx.sentences[i].clone()).collect();
+    }
     let got = embedder.embed(&fx.sentences).unwrap();
+    assert_eq!(got.len(), expected.len());
     let mut worst_diff = 0f32;
     let mut worst_cos = 1f64;
     for (g, e) in got.iter().zip(expected) {
@@ -60,10 +71,21 @@ fn check(pooling: Pooling, normalize: bool, expected: &[Vec<f32>]) {
 
 #[test]
 fn mean_pooling_normalized_matches_reference() {
-    check(Pooling::Mean, true, &fixture().mean_normalized);
+    check(Pooling::Mean, true, None, &fixture().mean_normalized);
 }
 
 #[test]
 fn cls_pooling_raw_matches_reference() {
-    check(Pooling::Cls, false, &fixture().cls_raw);
+    check(Pooling::Cls, false, None, &fixture().cls_raw);
+}
+
+/// Raw (unnormalised) pooled vectors: their scale counts, so a wrong
+/// divisor in a mean shows here where normalised vectors hide it.
+#[test]
+fn raw_mean_max_and_first_last_avg_match_reference() {
+    let fx = fixture();
+    let rows = Some(&fx.pooled_rows[..]);
+    check(Pooling::Mean, false, rows, &fx.mean_raw);
+    check(Pooling::Max, false, rows, &fx.max_raw);
+    check(Pooling::FirstLastAvg, false, rows, &fx.first_last_avg_raw);
 }

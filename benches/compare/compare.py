@@ -8,6 +8,13 @@ Setup (once):
   cargo build --release --example throughput            # or --features mkl, see README
 Run:
   .venv-ref/bin/python benches/compare/compare.py [--model DIR] [--data FILE] [--rounds 3]
+  .venv-ref/bin/python benches/compare/compare.py --family roberta --family mpnet ...   # or --family all
+
+--family NAME measures a base-size model of that family with random weights
+(transformers' default config for it, e.g. 768 hidden, 12 layers for
+RoBERTa), made once under target/bench-models/NAME with the tokenizer of
+the family's test fixture (tests/fixtures/families/NAME); the FLOP table is
+skipped for those.
 
 PyTorch runs with as many threads as embedtune (torch.set_num_threads).
 """
@@ -123,6 +130,34 @@ def matmul_flops(args):
     return flops
 
 
+FAMILY_CONFIGS = {
+    "roberta": ("RobertaConfig", {"vocab_size": 50265, "max_position_embeddings": 514, "type_vocab_size": 1,
+                                  "pad_token_id": 1}),
+    "xlm-roberta": ("XLMRobertaConfig", {"vocab_size": 250002, "max_position_embeddings": 514,
+                                         "type_vocab_size": 1, "pad_token_id": 1}),
+    "distilbert": ("DistilBertConfig", {}),
+    "mpnet": ("MPNetConfig", {"max_position_embeddings": 514}),
+    "modernbert": ("ModernBertConfig", {"pad_token_id": 0}),
+}
+
+
+def family_model(name):
+    """A base-size random model of `name` (made once), in a folder both sides load."""
+    import torch
+    import transformers
+    out = ROOT / "target/bench-models" / name
+    if (out / "model.safetensors").exists():
+        return out
+    fixture = ROOT / "tests/fixtures/families" / name
+    cls, overrides = FAMILY_CONFIGS[name]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cls)(**overrides)
+    model = transformers.AutoModel.from_config(cfg)
+    model.save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(fixture).save_pretrained(out)
+    return out
+
+
 def run(cmd, env=None):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -137,6 +172,8 @@ def main():
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--embedtune", default=str(ROOT / "target/release/examples/throughput"))
+    ap.add_argument("--family", action="append", choices=[*FAMILY_CONFIGS, "all"],
+                    help="measure a base-size random model of this family (repeatable)")
     ap.add_argument("--worker", choices=["embed", "train"])
     ap.add_argument("--n", type=int)
     ap.add_argument("--mode")
@@ -144,7 +181,28 @@ def main():
     if args.worker:
         args.mode = args.worker
         return torch_worker(args)
+    if args.family:
+        names = list(FAMILY_CONFIGS) if "all" in args.family else args.family
+        rows = []
+        for name in names:
+            args.model = str(family_model(name))
+            print(f"== {name} ({args.model})", flush=True)
+            rows.append((name, measure(args)))
+        print("\n| family | workload | PyTorch sent/s | embedtune sent/s | ratio |")
+        print("|---|---|---:|---:|---:|")
+        for name, results in rows:
+            for mode in ["embed", "train"]:
+                med = {i: statistics.median(r["sentences_per_s"] for r in results[(mode, i)])
+                       for i in ["pytorch", "embedtune"]}
+                print(f"| {name} | {mode} | {med['pytorch']:.1f} | {med['embedtune']:.1f} "
+                      f"| {med['embedtune'] / med['pytorch']:.2f}× |")
+        return
+    results = measure(args)
+    report(args, results)
 
+
+def measure(args):
+    """Both sides on each workload, alternating, `args.rounds` times."""
     results = {}
     for mode, n in [("embed", args.embed_sentences), ("train", args.train_steps)]:
         for r in range(args.rounds):
@@ -160,6 +218,11 @@ def main():
                 results.setdefault((mode, impl), []).append(res)
                 print(f"{mode:5} {impl:9} round {r + 1}: {res['sentences_per_s']:7.1f} sentences/s, "
                       f"peak {res['peak_rss_mib']:.0f} MiB", flush=True)
+    return results
+
+
+def report(args, results):
+    """The throughput table, and the FLOP rates against each side's peak."""
     flops = matmul_flops(args)
     peak = {"pytorch": torch_matmul_peak(args.threads),
             "embedtune": run([args.embedtune, "matmul"])["matmul_gflops"]}

@@ -42,27 +42,42 @@ pub fn run(args: DiagnoseArgs) -> anyhow::Result<()> {
         Some(path) => source::read_texts(path, &args.column)?.texts,
         None => diagnose::default_probe(),
     };
-    if texts.len() < 2 || args.max_samples.is_some_and(|k| k < 2) {
-        anyhow::bail!("diagnose needs at least 2 sentences");
+    if let Some(k) = args.max_samples.filter(|&k| k < 2) {
+        anyhow::bail!("--max-samples {k}: diagnose needs at least 2 sentences");
+    }
+    if texts.len() < 2 {
+        let source = args.data.as_deref().unwrap_or("the probe".as_ref());
+        anyhow::bail!(
+            "{}: has {} sentence(s); diagnose needs at least 2 sentences",
+            source.display(),
+            texts.len()
+        );
     }
     let opts = DiagnoseOptions {
         max_samples: args.max_samples,
         seed: args.seed,
         ..Default::default()
     };
-    let run_one = |model: &str| -> anyhow::Result<Diagnosis> {
-        let mut m = args.model.clone();
-        m.model = model.to_string();
-        let embedder = Embedder::from_pretrained(model, m.options(None))?;
+    // Both models load before any work, so a broken --compare fails at once.
+    let load = |model: &str| -> anyhow::Result<Embedder> {
+        Ok(Embedder::from_pretrained(model, args.model.options(None))?)
+    };
+    let first = load(&args.model.model)?;
+    let second = args.compare.as_deref().map(load).transpose()?;
+    let run_one = |model: &str, embedder: &Embedder| -> anyhow::Result<Diagnosis> {
         eprintln!(
             "diagnosing {model} ({} pooling) on {} sentences…",
             embedder.pooling(),
             texts.len().min(args.max_samples.unwrap_or(usize::MAX))
         );
-        Ok(diagnose::diagnose(&embedder, &texts, &opts)?)
+        Ok(diagnose::diagnose(embedder, &texts, &opts)?)
     };
-    let a = run_one(&args.model.model)?;
-    let b = args.compare.as_deref().map(run_one).transpose()?;
+    let a = run_one(&args.model.model, &first)?;
+    drop(first);
+    let b = match (&args.compare, &second) {
+        (Some(name), Some(embedder)) => Some(run_one(name, embedder)?),
+        _ => None,
+    };
     let text = match &b {
         Some(b) => report::comparison(&a, b, args.format)?,
         None => report::diagnosis(&a, args.format)?,

@@ -29,11 +29,22 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     // Fail on a bad destination before loading anything.
     output::check_destination(&args.out)?;
-    let texts = source::read_texts(&args.data, &args.column)?;
-    if texts.skipped_invalid_utf8 > 0 {
+    if args.data.is_file() {
+        output::check_not_input(&args.out, "--data", &args.data)?;
+    }
+    // One vector per input row, so that row i of OUT is row i of the input.
+    let texts = source::read_rows(&args.data, &args.column)?;
+    if texts.invalid_utf8 > 0 {
         eprintln!(
-            "warning: skipped {} line(s) of {} that are not valid UTF-8",
-            texts.skipped_invalid_utf8,
+            "warning: {} line(s) of {} are not valid UTF-8; embedded with U+FFFD in place of the bad bytes",
+            texts.invalid_utf8,
+            args.data.display()
+        );
+    }
+    if texts.empty > 0 {
+        eprintln!(
+            "warning: {} row(s) of {} are empty or null; embedded as the empty text so rows stay aligned",
+            texts.empty,
             args.data.display()
         );
     }

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use embedtune::report::{self, Format};
 use embedtune::{Embedder, sts};
@@ -21,7 +22,8 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let pairs = sts::read_pairs(&args.sts)?;
     let embedder = Embedder::from_pretrained(&args.model.model, args.model.options(None))?;
-    let result = sts::evaluate(&embedder, &pairs)?;
+    let result =
+        sts::evaluate(&embedder, &pairs).with_context(|| args.sts.display().to_string())?;
     print!(
         "{}",
         report::sts(

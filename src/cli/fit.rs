@@ -197,7 +197,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
                 ..AdamWParams::default()
             },
             warmup_ratio: args.warmup_ratio,
-            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
             batch_size: args.batch_size,
             mini_batch: args.mini_batch,
             epochs: args.epochs,
@@ -231,9 +231,11 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    // A second Ctrl-C while the checkpoint is written kills at once.
+    // Ctrl-C or SIGTERM (timeout, docker stop, Slurm) checkpoints and stops;
+    // a second one while the checkpoint is written exits at once.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
+            embedtune::output::remove_temporaries();
             std::process::exit(130);
         }
     })?;

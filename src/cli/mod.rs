@@ -41,12 +41,21 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Embed(args) => embed::run(args),
-        Command::Diagnose(args) => diagnose::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Embed(args) => exit_cleanly_on_signal(|| embed::run(args)),
+        Command::Diagnose(args) => exit_cleanly_on_signal(|| diagnose::run(args)),
+        Command::Eval(args) => exit_cleanly_on_signal(|| eval::run(args)),
         Command::Fit(args) => fit::run(args),
         Command::Whiten(args) => whiten::run(args),
     }
+}
+
+/// Runs `f`; Ctrl-C or SIGTERM removes the files being written and exits.
+fn exit_cleanly_on_signal(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        embedtune::output::remove_temporaries();
+        std::process::exit(130);
+    })?;
+    f()
 }
 
 /// Flags shared by every command that loads a model.

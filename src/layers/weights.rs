@@ -38,10 +38,18 @@ impl Weights {
         let mut raw: Vec<(String, Tensor)> = Vec::new();
         match files {
             WeightFiles::SafeTensors(paths) => {
+                // Memory-mapped: each tensor is copied once, from the page
+                // cache to its own buffer, with no whole-file read first.
                 for path in paths {
-                    let map = candle_core::safetensors::load(path, device)
+                    // SAFETY: the mapping lives only while the tensors are
+                    // copied out of it; the file is not written meanwhile
+                    // (the same contract as any reader of the file).
+                    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
                         .map_err(|e| unreadable(path, e))?;
-                    raw.extend(map);
+                    for (name, _) in st.tensors() {
+                        let t = st.load(&name, device).map_err(|e| unreadable(path, e))?;
+                        raw.push((name, t));
+                    }
                 }
             }
             WeightFiles::PytorchBin(path) => {
@@ -111,6 +119,11 @@ impl Weights {
         &self.device
     }
 
+    /// Canonical names of every tensor of the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
     /// The checkpoint's own name for a canonical name.
     pub fn original_name(&self, canonical: &str) -> Option<&str> {
         self.original_names.get(canonical).map(String::as_str)
@@ -149,6 +162,13 @@ impl Weights {
             .tensors
             .get(name)
             .ok_or_else(|| Error::Weight(format!("the checkpoint has no weight `{name}`")))?;
+        if !tensor.dtype().is_float() {
+            return Err(Error::Weight(format!(
+                "weight `{name}` has dtype {:?}; supported: F32, F16, BF16 or F64 (converted to the model's {:?})",
+                tensor.dtype(),
+                self.dtype
+            )));
+        }
         if tensor.dims() != shape {
             return Err(Error::Weight(format!(
                 "weight `{name}` has shape {:?}, expected {shape:?}",
@@ -215,6 +235,11 @@ fn canonical_name(name: &str, strip_prefixes: &[&str]) -> String {
 }
 
 fn unreadable(path: &Path, e: candle_core::Error) -> Error {
+    // candle may add the path itself; say it once.
+    let e = match crate::error::without_backtrace(e) {
+        candle_core::Error::WithPath { inner, .. } => *inner,
+        e => e,
+    };
     Error::Weight(format!("cannot read {}: {e}", path.display()))
 }
 

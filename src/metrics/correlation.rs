@@ -20,7 +20,7 @@ pub fn pearson(x: &[f64], y: &[f64]) -> Result<f64> {
         syy += (b - my).powi(2);
     }
     if sxx == 0.0 || syy == 0.0 {
-        return Err(Error::Invalid(
+        return Err(Error::Undefined(
             "correlation of a constant series is undefined".into(),
         ));
     }

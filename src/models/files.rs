@@ -149,14 +149,17 @@ impl ModelFiles {
         match ModelSource::parse(spec)? {
             ModelSource::Local(dir) => Self::collect(spec, &dir, &mut FolderStore(dir.clone())),
             ModelSource::Hub { repo, revision } => {
-                let mut store = hub::HubStore::open(&repo, revision.as_deref())?;
-                let files = Self::collect(spec, &PathBuf::new(), &mut store)?;
-                let dir = files
-                    .config
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
-                Ok(ModelFiles { dir, ..files })
+                let from_hub = || -> Result<Self> {
+                    let mut store = hub::HubStore::open(&repo, revision.as_deref())?;
+                    let files = Self::collect(spec, &PathBuf::new(), &mut store)?;
+                    let dir = files
+                        .config
+                        .parent()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default();
+                    Ok(ModelFiles { dir, ..files })
+                };
+                from_hub().map_err(|e| also_not_a_folder(spec, e))
             }
         }
     }
@@ -244,13 +247,30 @@ fn dense_files(modules: &Path, store: &mut dyn FileStore) -> Result<Option<Dense
     Ok(Some(DenseFiles { config, weights }))
 }
 
+/// A Hub id that failed might have been meant as a relative folder (`a/b`):
+/// the error says where both were looked for.
+fn also_not_a_folder(spec: &str, e: Error) -> Error {
+    let hub = match e {
+        Error::Model { message, .. } => message,
+        e => e.to_string(),
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    Error::Model {
+        model: spec.to_string(),
+        message: format!(
+            "no such folder ({} does not exist) and not on the Hub: {hub}",
+            cwd.join(spec).display()
+        ),
+    }
+}
+
 /// The distinct shard file names listed in a safetensors index.
 fn shard_names(index: &Path) -> Result<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let text = crate::source::read_to_string(index)?;
     let parsed: Index = serde_json::from_str(&text).map_err(|e| Error::Config {
         path: index.to_path_buf(),
         message: e.to_string(),

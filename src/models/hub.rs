@@ -15,14 +15,31 @@ use crate::models::files::{self, FileStore};
 
 /// The cache folder, following `huggingface_hub`'s environment variables.
 pub fn cache_dir() -> PathBuf {
+    cache_dir_and_source().0
+}
+
+/// The cache folder and the variable that chose it.
+fn cache_dir_and_source() -> (PathBuf, &'static str) {
     if let Some(dir) = env_path("HF_HUB_CACHE") {
-        return dir;
+        return (dir, "HF_HUB_CACHE");
     }
     if let Some(home) = env_path("HF_HOME") {
-        return home.join("hub");
+        return (home.join("hub"), "HF_HOME");
     }
     let home = env_path("HOME").unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("huggingface").join("hub")
+    (home.join(".cache").join("huggingface").join("hub"), "HOME")
+}
+
+/// The cache, which must be a folder if it exists.
+fn cache() -> Result<Cache> {
+    let (dir, var) = cache_dir_and_source();
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Hub(format!(
+            "the Hugging Face cache {} (from {var}) is not a folder (point {var} at a folder)",
+            dir.display()
+        )));
+    }
+    Ok(Cache::new(dir))
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -55,7 +72,7 @@ impl HubStore {
     pub(crate) fn open(repo_id: &str, revision: Option<&str>) -> Result<Self> {
         let revision = revision.unwrap_or("main").to_string();
         let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision);
-        let cache = Cache::new(cache_dir());
+        let cache = cache()?;
         let (api, offline_reason) = if offline_requested() {
             (None, Some("HF_HUB_OFFLINE is set".to_string()))
         } else {
@@ -182,7 +199,7 @@ pub fn dataset_parquet_files(spec: &str) -> Result<Vec<PathBuf>> {
         )));
     }
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone());
-    let cache = Cache::new(cache_dir());
+    let cache = cache()?;
     let cached = || -> Vec<PathBuf> {
         let snapshots = cache.path().join(repo.folder_name()).join("snapshots");
         let commit = std::fs::read_to_string(

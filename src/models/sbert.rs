@@ -3,7 +3,7 @@
 //! maximum sequence length (`sentence_bert_config.json`), and the `Dense`
 //! module listed in `modules.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -16,6 +16,10 @@ use crate::pooling::Pooling;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SbertSettings {
     pub pooling: Option<Pooling>,
+    /// Why the folder's pooling cannot be used (several modes, which
+    /// sentence-transformers concatenates; an unsupported or unknown one):
+    /// an error unless a pooling is chosen explicitly.
+    pub pooling_problem: Option<(PathBuf, String)>,
     pub normalize: bool,
     pub max_seq_length: Option<usize>,
     /// A linear map applied after pooling, before normalising.
@@ -67,23 +71,64 @@ struct SbertConfig {
     max_seq_length: Option<usize>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct PoolingConfig {
-    pooling_mode_cls_token: bool,
-    pooling_mode_mean_tokens: bool,
-    pooling_mode_max_tokens: bool,
-    pooling_mode_mean_sqrt_len_tokens: bool,
-    pooling_mode_weightedmean_tokens: bool,
-    pooling_mode_lasttoken: bool,
-}
+/// sentence-transformers' pooling modes: the `1_Pooling/config.json` key,
+/// the name `pooling_mode` may give, and embedtune's pooling if it has one.
+const MODES: [(&str, &str, Option<Pooling>); 6] = [
+    ("pooling_mode_cls_token", "cls", Some(Pooling::Cls)),
+    ("pooling_mode_mean_tokens", "mean", Some(Pooling::Mean)),
+    ("pooling_mode_max_tokens", "max", Some(Pooling::Max)),
+    (
+        "pooling_mode_mean_sqrt_len_tokens",
+        "mean_sqrt_len_tokens",
+        None,
+    ),
+    ("pooling_mode_weightedmean_tokens", "weightedmean", None),
+    ("pooling_mode_lasttoken", "lasttoken", None),
+];
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::source::read_to_string(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// The pooling a `1_Pooling/config.json` asks for, as sentence-transformers
+/// reads it; `Err` says why embedtune cannot do it.
+fn pooling_mode(
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<Pooling, String> {
+    let mut set: Vec<&str> = Vec::new();
+    for (key, value) in config {
+        if key == "pooling_mode" {
+            let name = value.as_str().unwrap_or_default();
+            let known = MODES.iter().find(|(_, n, _)| *n == name);
+            set.push(known.ok_or(format!("unknown pooling_mode `{value}`"))?.1);
+        } else if key.starts_with("pooling_mode") {
+            let mode = MODES.iter().find(|(k, _, _)| k == key);
+            let (_, name, _) = mode.ok_or(format!("unknown pooling mode `{key}`"))?;
+            if value.as_bool() == Some(true) {
+                set.push(name);
+            }
+        }
+    }
+    set.sort();
+    set.dedup();
+    match set[..] {
+        [] => Err("sets no pooling mode".into()),
+        [name] => MODES
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .and_then(|(_, _, p)| *p)
+            .ok_or(format!(
+                "pooling mode `{name}` is not supported (supported: cls, mean, max)"
+            )),
+        _ => Err(format!(
+            "sets several pooling modes ({}), which sentence-transformers concatenates; embedtune pools one way",
+            set.join(", ")
+        )),
+    }
 }
 
 impl SbertSettings {
@@ -100,26 +145,63 @@ impl SbertSettings {
             settings.max_seq_length = read_json::<SbertConfig>(path)?.max_seq_length;
         }
         if let Some(path) = &files.pooling_config {
-            let p: PoolingConfig = read_json(path)?;
-            settings.pooling = if p.pooling_mode_mean_tokens {
-                Some(Pooling::Mean)
-            } else if p.pooling_mode_cls_token {
-                Some(Pooling::Cls)
-            } else if p.pooling_mode_max_tokens {
-                Some(Pooling::Max)
-            } else if p.pooling_mode_mean_sqrt_len_tokens
-                || p.pooling_mode_weightedmean_tokens
-                || p.pooling_mode_lasttoken
-            {
-                return Err(Error::Config {
-                    path: path.clone(),
-                    message: "this pooling mode is not supported (supported: cls, mean, max)"
-                        .into(),
-                });
-            } else {
-                None
-            };
+            match pooling_mode(&read_json(path)?) {
+                Ok(p) => settings.pooling = Some(p),
+                Err(problem) => settings.pooling_problem = Some((path.clone(), problem)),
+            }
         }
         Ok(settings)
+    }
+
+    /// The pooling to use: `chosen` if given, else the folder's, else `cls`.
+    pub fn pooling(&self, chosen: Option<Pooling>) -> Result<Pooling> {
+        if let Some(p) = chosen {
+            return Ok(p);
+        }
+        match &self.pooling_problem {
+            Some((path, problem)) => Err(Error::Config {
+                path: path.clone(),
+                message: format!("{problem} (choose one with --pooling)"),
+            }),
+            None => Ok(self.pooling.unwrap_or(Pooling::Cls)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(json: serde_json::Value) -> std::result::Result<Pooling, String> {
+        pooling_mode(json.as_object().unwrap())
+    }
+
+    #[test]
+    fn pooling_modes_as_sentence_transformers_reads_them() {
+        use serde_json::json;
+        assert_eq!(
+            mode(json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": false})),
+            Ok(Pooling::Mean)
+        );
+        assert_eq!(mode(json!({"pooling_mode": "max"})), Ok(Pooling::Max));
+        let several =
+            mode(json!({"pooling_mode_mean_tokens": true, "pooling_mode_cls_token": true}));
+        assert!(
+            several
+                .unwrap_err()
+                .contains("several pooling modes (cls, mean)")
+        );
+        let unknown = mode(json!({"pooling_mode_median_tokens": true}));
+        assert!(unknown.unwrap_err().contains("pooling_mode_median_tokens"));
+        assert!(
+            mode(json!({"pooling_mode_lasttoken": true}))
+                .unwrap_err()
+                .contains("lasttoken")
+        );
+        assert!(
+            mode(json!({"word_embedding_dimension": 8}))
+                .unwrap_err()
+                .contains("no pooling mode")
+        );
     }
 }

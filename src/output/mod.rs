@@ -9,9 +9,9 @@ pub mod model_folder;
 mod npy;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub use atomic::AtomicFile;
+pub use atomic::{AtomicFile, Finished, TempPath, remove_temporaries};
 
 use crate::error::{Error, Result};
 use crate::inference::Embeddings;
@@ -53,6 +53,49 @@ pub fn check_destination(path: &Path) -> Result<OutputFormat> {
         return Err(Error::data(path, "is a folder, expected a file name"));
     }
     Ok(format)
+}
+
+/// `path` made absolute with symbolic links resolved, also when it, or the
+/// end of it, does not exist yet.
+pub fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return tail.iter().rev().fold(real, |p, t| p.join(t));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name);
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuses an output `out` that is, contains or lies inside the input
+/// `input` (given as `flag`): writing there would destroy the input or mix
+/// the output into it.
+pub fn check_not_input(out: &Path, flag: &str, input: &Path) -> Result<()> {
+    let (o, i) = (resolved(out), resolved(input));
+    let relation = if o == i {
+        "is"
+    } else if o.starts_with(&i) {
+        "lies inside"
+    } else if i.starts_with(&o) {
+        "contains"
+    } else {
+        return Ok(());
+    };
+    Err(Error::data(
+        out,
+        format!(
+            "{relation} the {flag} input {}; writing there would overwrite or mix into it (choose another output)",
+            input.display()
+        ),
+    ))
 }
 
 /// Writes `texts` and their embeddings (same order) to `path`.

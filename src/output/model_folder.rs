@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::dense::{self, Dense};
 use crate::error::{Error, Result};
 use crate::models::ModelFiles;
-use crate::output::AtomicFile;
+use crate::output::{AtomicFile, TempPath};
 use crate::pooling::Pooling;
 
 /// What goes into the folder besides the base model's config and tokenizer.
@@ -72,17 +72,26 @@ pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_file(path, text.as_bytes())
 }
 
-/// Writes safetensors atomically (temporary name, then rename).
+/// Writes safetensors atomically (temporary name, then rename), readable by
+/// others as any file this process creates (the safetensors writer's own
+/// temporary file is private, mode 0600). Errors name `path`.
 pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let tmp = path.with_extension(format!("safetensors.tmp-{}", std::process::id()));
+    let tmp = TempPath::beside(path)?;
+    // A file created here gets the usual mode (0666 less the umask).
+    let mode = std::fs::File::create(tmp.path())
+        .and_then(|f| f.metadata())
+        .map_err(|e| Error::io(tmp.path(), e))?
+        .permissions();
     let map: HashMap<String, Tensor> = tensors
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    candle_core::safetensors::save(&map, &tmp).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    candle_core::safetensors::save(&map, tmp.path()).map_err(|e| {
+        let e = crate::error::without_backtrace(e);
+        Error::data(path, format!("cannot write: {e}"))
     })?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::set_permissions(tmp.path(), mode).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist()
 }
 
 impl ModelFolder<'_> {

@@ -39,10 +39,16 @@ pub fn write_plots(dir: &Path, diagnoses: &[&Diagnosis]) -> Result<Vec<PathBuf>>
         };
         files.push((dir.join(name), circle(d, COLORS[i % 2])));
     }
+    // Every figure is written in full before any appears: a full disk
+    // leaves none rather than some.
+    let mut finished = Vec::with_capacity(files.len());
     for (path, svg) in &files {
         let mut f = AtomicFile::create(path)?;
         f.write_all(svg.as_bytes())
             .map_err(|e| Error::io(path, e))?;
+        finished.push(f.finish()?);
+    }
+    for f in finished {
         f.commit()?;
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())

@@ -26,15 +26,34 @@ pub(super) fn open_parquet(path: &Path, column: &str) -> Result<TextStream> {
     ))
 }
 
+/// An Arrow IPC file (Feather v2) or an Arrow IPC stream (the format of
+/// Hugging Face `datasets` cache files), uncompressed or compressed with
+/// LZ4 or zstd.
 pub(super) fn open_arrow(path: &Path, column: &str) -> Result<TextStream> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = arrow::ipc::reader::FileReader::try_new(file, None)
-        .map_err(|e| Error::data(path, format!("not a readable Arrow IPC file: {e}")))?;
-    let idx = column_index(path, &reader.schema(), column)?;
-    check_type(path, &reader.schema(), idx, column)?;
+    use arrow::ipc::reader::{FileReader, StreamReader};
+    let open = || File::open(path).map_err(|e| Error::io(path, e));
+    let unreadable = |e: arrow::error::ArrowError| {
+        Error::data(
+            path,
+            format!("not a readable Arrow IPC file or stream: {e}"),
+        )
+    };
+    let mut magic = [0u8; 6];
+    let is_file =
+        std::io::Read::read_exact(&mut open()?, &mut magic).is_ok() && &magic == b"ARROW1";
+    let (schema, batches): (SchemaRef, Box<dyn Iterator<Item = _> + Send>) = if is_file {
+        let reader = FileReader::try_new(open()?, None).map_err(unreadable)?;
+        (reader.schema(), Box::new(reader))
+    } else {
+        let reader =
+            StreamReader::try_new(std::io::BufReader::new(open()?), None).map_err(unreadable)?;
+        (reader.schema(), Box::new(reader))
+    };
+    let idx = column_index(path, &schema, column)?;
+    check_type(path, &schema, idx, column)?;
     let path = path.to_path_buf();
     Ok(flatten(
-        reader.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))),
+        batches.map(move |b| b.map_err(|e| Error::data(&path, e.to_string()))),
         idx,
     ))
 }

@@ -1,10 +1,12 @@
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::source::{Item, TextStream, missing_column};
+use crate::source::{BOM, Item, TextStream, missing_column};
 
-/// CSV or TSV with a header row.
+/// CSV or TSV with a header row (the csv reader drops a byte-order mark).
+/// A quote that is never closed would swallow the rest of the file into one
+/// field: that is reported at the end instead of read as text.
 pub(super) fn open_csv(path: &Path, column: &str, delimiter: u8) -> Result<TextStream> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -21,10 +23,52 @@ pub(super) fn open_csv(path: &Path, column: &str, delimiter: u8) -> Result<TextS
         .position(|h| h == column)
         .ok_or_else(|| missing_column(path, column, &headers))?;
     let path = path.to_path_buf();
-    Ok(Box::new(reader.into_records().map(move |record| {
-        let record = record.map_err(|e| Error::data(&path, e.to_string()))?;
-        Ok(Item::from_text(record.get(idx)))
+    let mut records = reader.into_records();
+    // The start of the last record whose fields span lines.
+    let mut multiline: Option<csv::Position> = None;
+    let mut done = false;
+    Ok(Box::new(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match records.next() {
+            Some(record) => Some(record.map_err(|e| Error::data(&path, e.to_string())).map(
+                |record| {
+                    let spans_lines = record.iter().any(|f| f.contains(['\n', '\r']));
+                    multiline = spans_lines.then(|| record.position().cloned()).flatten();
+                    Item::from_text(record.get(idx))
+                },
+            )),
+            None => {
+                done = true;
+                let start = multiline.take()?;
+                match unclosed_quote(&path, start.byte()) {
+                    Ok(false) => None,
+                    Ok(true) => Some(Err(Error::data(
+                        &path,
+                        format!(
+                            "line {}: a quoted field is never closed, so it would swallow the rest of the file (close the quote or escape it as \"\")",
+                            start.line()
+                        ),
+                    ))),
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        }
     })))
+}
+
+/// Whether the record starting at byte `start` and running to the end of
+/// the file has an odd number of quotes: an opening quote never closed
+/// (escaped quotes come in pairs).
+fn unclosed_quote(path: &Path, start: u64) -> Result<bool> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, e))?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(rest.iter().filter(|&&b| b == b'"').count() % 2 == 1)
 }
 
 /// One JSON object per line, the text under `column`. The first object must
@@ -41,11 +85,17 @@ pub(super) fn open_jsonl(path: &Path, column: &str) -> Result<TextStream> {
             let path = &owned;
             let bad = |m: String| Error::data(path, format!("line {}: {m}", n + 1));
             let line = match line {
-                Ok(l) if l.trim().is_empty() => return None,
                 Ok(l) => l,
                 Err(e) => return Some(Err(bad(e.to_string()))),
             };
-            let value: serde_json::Value = match serde_json::from_str(&line) {
+            let line = match n {
+                0 => line.strip_prefix(BOM).unwrap_or(&line),
+                _ => &line,
+            };
+            if line.trim().is_empty() {
+                return None;
+            }
+            let value: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => return Some(Err(bad(format!("invalid JSON: {e}")))),
             };

@@ -52,8 +52,9 @@ pub enum Item {
     Text(String),
     /// A blank line, empty cell or null.
     Empty,
-    /// A line that is not valid UTF-8 (plain-text files only).
-    InvalidUtf8,
+    /// A line that is not valid UTF-8 (plain-text files only), decoded
+    /// with U+FFFD in place of the bad bytes and trimmed.
+    InvalidUtf8(String),
 }
 
 impl Item {
@@ -92,27 +93,63 @@ pub fn open(path: &Path, column: &str) -> Result<TextStream> {
 #[derive(Debug, Clone, Default)]
 pub struct Texts {
     pub texts: Vec<String>,
-    /// Lines skipped because they were not valid UTF-8.
-    pub skipped_invalid_utf8: usize,
-    /// Rows skipped because the text was empty or null.
-    pub skipped_empty: usize,
+    /// Lines that were not valid UTF-8 (skipped by [`read_texts`], decoded
+    /// with U+FFFD by [`read_rows`]).
+    pub invalid_utf8: usize,
+    /// Rows whose text was empty or null (skipped by [`read_texts`], the
+    /// empty text in [`read_rows`]).
+    pub empty: usize,
 }
 
-/// Reads every non-empty text of `path` into memory. An input with no text
-/// is an error.
+/// Reads every non-empty, valid text of `path` into memory (for probes,
+/// where a blank row means nothing). An input with no text is an error.
 pub fn read_texts(path: &Path, column: &str) -> Result<Texts> {
+    read(path, column, false)
+}
+
+/// Reads one text per row of `path`, so that output row `i` is input row
+/// `i`: an empty or null row is the empty text, a line that is not UTF-8
+/// is decoded with U+FFFD. An input with no text at all is an error.
+pub fn read_rows(path: &Path, column: &str) -> Result<Texts> {
+    read(path, column, true)
+}
+
+fn read(path: &Path, column: &str, every_row: bool) -> Result<Texts> {
     let mut out = Texts::default();
+    let mut any_text = false;
     for item in open(path, column)? {
-        match item? {
-            Item::Text(t) => out.texts.push(t),
-            Item::Empty => out.skipped_empty += 1,
-            Item::InvalidUtf8 => out.skipped_invalid_utf8 += 1,
-        }
+        let text = match item? {
+            Item::Text(t) => {
+                any_text = true;
+                Some(t)
+            }
+            Item::Empty => {
+                out.empty += 1;
+                every_row.then(String::new)
+            }
+            Item::InvalidUtf8(t) => {
+                out.invalid_utf8 += 1;
+                every_row.then_some(t)
+            }
+        };
+        out.texts.extend(text);
     }
-    if out.texts.is_empty() {
+    if !any_text {
         return Err(Error::data(path, "contains no text"));
     }
     Ok(out)
+}
+
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+pub(crate) const BOM: char = '\u{feff}';
+
+/// A whole text file (configs, STS pairs), without a byte-order mark.
+pub(crate) fn read_to_string(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(match text.strip_prefix(BOM) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 fn missing_column(path: &Path, column: &str, available: &[String]) -> Error {

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::output::TempPath;
 use crate::output::model_folder::save_safetensors;
 use crate::rng::Rng;
 
@@ -23,8 +24,9 @@ pub struct TrainState {
     pub dropout_rng: Rng,
     pub best_spearman: Option<f64>,
     pub best_step: Option<usize>,
-    /// Settings that must match for a resume to be exact.
-    pub fingerprint: String,
+    /// Settings that must match for a resume to be exact, by option name.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 const MODEL: &str = "model.safetensors";
@@ -44,17 +46,16 @@ pub fn save(
 ) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let name = format!("step-{:08}", state.step);
-    let tmp = root.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    save_safetensors(&tmp.join(MODEL), weights)?;
-    save_optimizer(&tmp.join(OPTIMIZER))?;
+    let dest = root.join(format!("step-{:08}", state.step));
+    // Dropped on any error below: a failed checkpoint leaves nothing.
+    let tmp = TempPath::beside(&dest)?;
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    save_safetensors(&dir.join(MODEL), weights)?;
+    save_optimizer(&dir.join(OPTIMIZER))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
-    std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(tmp.join(STATE), e))?;
-    let dest = root.join(&name);
-    let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
+    std::fs::write(dir.join(STATE), json).map_err(|e| Error::io(dir.join(STATE), e))?;
+    tmp.persist()?;
     // Keep only the newest.
     for old in list(out)? {
         if old != dest {
@@ -112,7 +113,53 @@ pub fn latest(out: &Path) -> Result<Option<Loaded>> {
     Ok(Some(Loaded { dir, state }))
 }
 
+/// Removes what interrupted checkpoints left (temporaries start with `.`);
+/// only for the process that holds the output folder's lock.
+pub fn remove_temporaries(out: &Path) {
+    let root = checkpoints_dir(out);
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The best weights so far (by STS Spearman) live here.
 pub fn best_model_path(out: &Path) -> PathBuf {
     checkpoints_dir(out).join("best").join(MODEL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_checkpoint_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = TrainState {
+            step: 3,
+            epoch: 0,
+            consumed: 0,
+            dropout_rng: Rng::new(1),
+            best_spearman: None,
+            best_step: None,
+            settings: BTreeMap::new(),
+        };
+        let weights = BTreeMap::from([(
+            "w".to_string(),
+            Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+        )]);
+        let failed = save(dir.path(), &state, &weights, |_| {
+            Err(Error::Invalid("disk full".into()))
+        });
+        assert!(failed.is_err());
+        let left: Vec<_> = std::fs::read_dir(checkpoints_dir(dir.path()))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        save(dir.path(), &state, &weights, |_| Ok(())).unwrap();
+        assert_eq!(latest(dir.path()).unwrap().unwrap().state, state);
+    }
 }

@@ -3,8 +3,7 @@
 //! slice for evaluation. Memory is the shuffle buffer, the held-back slice
 //! and 8 bytes per distinct sentence for de-duplication — never the corpus.
 
-use std::collections::{BinaryHeap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -44,6 +43,8 @@ impl Default for CorpusOptions {
 
 /// A corpus after one counting pass.
 pub struct Corpus {
+    /// What the corpus was opened from (a path or `hf://…`).
+    source: PathBuf,
     files: Vec<PathBuf>,
     opts: CorpusOptions,
     /// Sentences an epoch yields.
@@ -55,11 +56,22 @@ pub struct Corpus {
     pub skipped_invalid_utf8: usize,
 }
 
-fn text_hash(text: &str, seed: u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    seed.hash(&mut h);
-    text.hash(&mut h);
-    h.finish()
+/// A hash of `text` under `seed` that never changes between builds or Rust
+/// releases (unlike `DefaultHasher`), so a seed holds back the same
+/// sentences forever: FNV-1a over the seed's and the text's bytes, then
+/// MurmurHash3's 64-bit finaliser to spread every input bit over the output.
+pub fn stable_hash(text: &str, seed: u64) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    for &b in seed.to_le_bytes().iter().chain(text.as_bytes()) {
+        h = (h ^ b as u64).wrapping_mul(PRIME);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Files of `path`: itself, or every readable file in the folder (sorted),
@@ -71,6 +83,12 @@ fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         TextFormat::from_path(path)?;
         return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(Error::data(
+            path,
+            "is neither a regular file nor a folder (give a text file or a folder of them)",
+        ));
     }
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
@@ -103,6 +121,7 @@ impl Corpus {
             None => list_files(path)?,
         };
         let mut corpus = Corpus {
+            source: path.to_path_buf(),
             files,
             opts,
             train_len: 0,
@@ -110,55 +129,64 @@ impl Corpus {
             holdout_threshold: None,
             skipped_invalid_utf8: 0,
         };
-        // One pass: count distinct kept sentences and keep the `holdout`
-        // smallest seeded hashes — a uniform sample, fixed by the seed.
+        // One pass: count kept sentences and keep the `holdout` distinct
+        // sentences of smallest seeded hash (a uniform sample, fixed by the
+        // seed) with how often each occurs: every copy of a held-back
+        // sentence is held back.
         let mut seen = HashSet::new();
-        let mut smallest: BinaryHeap<(u64, String)> = BinaryHeap::new();
+        let mut held: BTreeMap<(u64, String), usize> = BTreeMap::new();
         let mut total = 0usize;
         for file in &corpus.files {
             for item in source::open(file, &corpus.opts.column)? {
                 let text = match item? {
                     Item::Text(t) => t,
                     Item::Empty => continue,
-                    Item::InvalidUtf8 => {
+                    Item::InvalidUtf8(_) => {
                         corpus.skipped_invalid_utf8 += 1;
                         continue;
                     }
                 };
-                if !corpus.keep(&text) || (corpus.opts.dedup && !seen.insert(text_hash(&text, 0))) {
+                if !corpus.keep(&text) || (corpus.opts.dedup && !seen.insert(stable_hash(&text, 0)))
+                {
                     continue;
                 }
                 total += 1;
                 if corpus.opts.holdout > 0 {
-                    let h = text_hash(&text, corpus.opts.seed);
-                    if smallest.len() < corpus.opts.holdout {
-                        smallest.push((h, text));
-                    } else if h < smallest.peek().expect("non-empty").0 {
-                        smallest.pop();
-                        smallest.push((h, text));
-                    }
+                    hold_candidate(&mut held, corpus.opts.holdout, &text, corpus.opts.seed);
                 }
             }
         }
         // Hold back at most a fifth of a small corpus.
-        while smallest.len() > total / 5 {
-            smallest.pop();
+        let mut held_count: usize = held.values().sum();
+        while held_count > total / 5 {
+            let (_, n) = held.pop_last().expect("non-empty");
+            held_count -= n;
         }
-        corpus.holdout_threshold = smallest.peek().map(|(h, _)| *h);
-        let mut held: Vec<(u64, String)> = smallest.into_vec();
-        held.sort();
-        corpus.held_out = held.into_iter().map(|(_, t)| t).collect();
-        corpus.train_len = total - corpus.held_out.len();
+        corpus.holdout_threshold = held.last_key_value().map(|((h, _), _)| *h);
+        corpus.held_out = held.into_keys().map(|(_, t)| t).collect();
+        corpus.train_len = total - held_count;
         if let Some(max) = corpus.opts.max_samples {
             corpus.train_len = corpus.train_len.min(max);
         }
-        if corpus.train_len == 0 {
+        if corpus.train_len < 2 {
             return Err(Error::data(
                 path,
-                "no training sentences left after filtering",
+                format!(
+                    "only {} training sentence(s) left after filtering, de-duplication, hold-back and --max-samples; training needs at least 2",
+                    corpus.train_len
+                ),
             ));
         }
         Ok(corpus)
+    }
+
+    /// What the corpus was opened from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn options(&self) -> &CorpusOptions {
+        &self.opts
     }
 
     fn keep(&self, text: &str) -> bool {
@@ -169,7 +197,7 @@ impl Corpus {
 
     fn held_back(&self, text: &str) -> bool {
         self.holdout_threshold
-            .is_some_and(|t| text_hash(text, self.opts.seed) <= t)
+            .is_some_and(|t| stable_hash(text, self.opts.seed) <= t)
     }
 
     /// The sentences of epoch `epoch`, shuffled with a seed derived from the
@@ -188,6 +216,20 @@ impl Corpus {
             taken: 0,
             finished_input: false,
         }
+    }
+}
+
+/// Offers `text` to the `cap` held-back candidates of smallest hash; a
+/// sentence already held counts one more occurrence.
+fn hold_candidate(held: &mut BTreeMap<(u64, String), usize>, cap: usize, text: &str, seed: u64) {
+    let key = (stable_hash(text, seed), text.to_string());
+    if let Some(n) = held.get_mut(&key) {
+        *n += 1;
+    } else if held.len() < cap {
+        held.insert(key, 1);
+    } else if held.last_key_value().is_some_and(|((h, _), _)| key.0 < *h) {
+        held.pop_last();
+        held.insert(key, 1);
     }
 }
 
@@ -225,7 +267,7 @@ impl EpochStream<'_> {
                 Some(item) => {
                     let Item::Text(text) = item? else { continue };
                     if !self.corpus.keep(&text)
-                        || (self.corpus.opts.dedup && !self.seen.insert(text_hash(&text, 0)))
+                        || (self.corpus.opts.dedup && !self.seen.insert(stable_hash(&text, 0)))
                         || self.corpus.held_back(&text)
                     {
                         continue;
@@ -300,5 +342,72 @@ mod tests {
             "held-out never trained on"
         );
         assert!(!a.contains(&"short".to_string()));
+    }
+
+    #[test]
+    fn the_hash_and_so_the_split_never_change() {
+        // Golden values (also computed by an independent implementation):
+        // a seed must hold back the same sentences in every build.
+        assert_eq!(
+            stable_hash("A man is playing a guitar.", 42),
+            0x2662_b65c_3628_409b
+        );
+        assert_eq!(stable_hash("", 0), 0x7bd3_144f_29c0_cc9e);
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!("sentence number {i} here"))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let opts = CorpusOptions {
+            holdout: 5,
+            seed: 7,
+            ..Default::default()
+        };
+        let (_d, c) = corpus(&refs, opts);
+        let numbers: Vec<&str> = c
+            .held_out
+            .iter()
+            .map(|t| t.split(' ').nth(2).unwrap())
+            .collect();
+        assert_eq!(numbers, ["45", "3", "32", "35", "27"]);
+    }
+
+    #[test]
+    fn every_copy_of_a_held_back_sentence_is_held_back() {
+        let mut lines = vec!["the one repeated line"; 30];
+        let others: Vec<String> = (0..70).map(|i| format!("other line {i}")).collect();
+        lines.extend(others.iter().map(String::as_str));
+        let opts = CorpusOptions {
+            dedup: false,
+            holdout: 1000,
+            seed: 1,
+            ..Default::default()
+        };
+        let (_d, c) = corpus(&lines, opts);
+        let epoch: Vec<String> = c.epoch(0).map(|r| r.unwrap()).collect();
+        assert_eq!(
+            epoch.len(),
+            c.train_len,
+            "the count is what an epoch yields"
+        );
+        assert!(epoch.iter().all(|t| !c.held_out.contains(t)));
+        let held = |t: &str| c.held_out.iter().any(|h| h == t);
+        let copies = if held("the one repeated line") { 30 } else { 1 };
+        assert_eq!(c.train_len + c.held_out.len() - 1 + copies, 100);
+    }
+
+    #[test]
+    fn too_few_training_sentences_is_an_error_not_a_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        std::fs::write(&path, "the same line\n".repeat(400)).unwrap();
+        let opts = CorpusOptions {
+            max_samples: Some(1),
+            ..Default::default()
+        };
+        let err = Corpus::open(&path, opts).err().expect("an error");
+        assert!(
+            err.to_string().contains("only 1 training sentence"),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,7 @@ pub fn cached_gradients(
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepGradients> {
     if mini_batch == 0 {
-        return Err(Error::Invalid("--mini-batch must be at least 1".into()));
+        return Err(Error::setting("--mini-batch", 0, "must be at least 1"));
     }
     let rows = both_views(embedder, texts)?;
     let chunks: Vec<(usize, usize)> = (0..rows.len())

@@ -89,34 +89,121 @@ pub enum FitOutcome {
 }
 
 const BEFORE: &str = "before.json";
+/// The advisory lock file of an output folder in use.
+const LOCK: &str = ".embedtune.lock";
 
-/// Checks the output folder before any work.
-fn prepare_out(out: &Path, resume: bool, overwrite: bool) -> Result<()> {
-    let non_empty = out.is_dir()
-        && std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some();
-    if out.exists() && !out.is_dir() {
-        return Err(Error::data(out, "exists and is not a folder"));
+/// The output folder of a run, locked while the run lasts. The lock is
+/// the OS's (`flock`), so a process that dies releases it. A folder the
+/// run created is removed again if the run fails before training starts.
+struct OutDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+    created: bool,
+}
+
+impl OutDir {
+    /// Checks, creates and locks the output folder before any work.
+    fn prepare(out: &Path, resume: bool, overwrite: bool) -> Result<Self> {
+        if out.exists() && !out.is_dir() {
+            return Err(Error::data(out, "exists and is not a folder"));
+        }
+        let lock_path = out.join(LOCK);
+        // A folder in use is refused as such, before anything else is said
+        // about it.
+        if let Ok(existing) = std::fs::File::open(&lock_path) {
+            try_lock(&existing, out, &lock_path)?;
+        }
+        let non_empty = out.is_dir()
+            && std::fs::read_dir(out)
+                .map_err(|e| Error::io(out, e))?
+                .flatten()
+                .any(|e| e.file_name() != LOCK);
+        if non_empty && !resume && !overwrite {
+            return Err(Error::data(
+                out,
+                "is not empty; pass --resume to continue a run there or --overwrite to replace it",
+            ));
+        }
+        if resume && !checkpoint::checkpoints_dir(out).is_dir() {
+            return Err(Error::data(out, "--resume: no checkpoints in this folder"));
+        }
+        let created = !out.exists();
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        try_lock(&lock, out, &lock_path)?;
+        let dir = OutDir {
+            path: out.to_path_buf(),
+            _lock: lock,
+            created,
+        };
+        checkpoint::remove_temporaries(out);
+        if overwrite && !resume {
+            let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(out));
+            let _ = std::fs::remove_file(out.join(BEFORE));
+        }
+        Ok(dir)
     }
-    if non_empty && !resume && !overwrite {
-        return Err(Error::data(
-            out,
-            "is not empty; pass --resume to continue a run there or --overwrite to replace it",
+
+    /// From now on the folder holds the run: keep it whatever happens.
+    fn keep(&mut self) {
+        self.created = false;
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Takes the advisory lock of the output folder `out`, or says it is busy.
+fn try_lock(file: &std::fs::File, out: &Path, lock_path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
+            path: out.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(lock_path, e)),
+    }
+}
+
+/// `--out` must not be, contain or lie inside `--data` or `--model`.
+fn check_out_is_not_an_input(job: &FitJob) -> Result<()> {
+    if !job.data.to_string_lossy().starts_with("hf://") {
+        crate::output::check_not_input(&job.out, "--data", &job.data)?;
+    }
+    let model = Path::new(&job.model);
+    if model.exists() {
+        crate::output::check_not_input(&job.out, "--model", model)?;
+    }
+    Ok(())
+}
+
+/// Fit measures the model on at least 2 held-back sentences.
+fn check_held_out(job: &FitJob, corpus: &Corpus) -> Result<()> {
+    if job.corpus.holdout < 2 {
+        return Err(Error::setting(
+            "--holdout",
+            job.corpus.holdout,
+            "fit needs at least 2 held-back sentences to measure the model before and after",
         ));
     }
-    if resume && !checkpoint::checkpoints_dir(out).is_dir() {
-        return Err(Error::data(out, "--resume: no checkpoints in this folder"));
+    if corpus.held_out.len() < 2 {
+        return Err(Error::data(
+            &job.data,
+            format!(
+                "only {} distinct sentence(s) could be held back to measure the model (at most a fifth of the corpus is); fit needs at least 2: give it more distinct sentences",
+                corpus.held_out.len()
+            ),
+        ));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    if overwrite && !resume {
-        let _ = std::fs::remove_dir_all(checkpoint::checkpoints_dir(out));
-        let _ = std::fs::remove_file(out.join(BEFORE));
-    }
-    let probe = out.join(format!(".embedtune-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| Error::io(out, e))?;
-    let _ = std::fs::remove_file(probe);
     Ok(())
 }
 
@@ -134,15 +221,18 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
     if let Some(p) = job.pooling {
         check_pooling(p)?;
     }
+    check_out_is_not_an_input(job)?;
     let sts_pairs = job.eval_sts.as_deref().map(sts::read_pairs).transpose()?;
     let corpus = Corpus::open(&job.data, job.corpus.clone())?;
+    check_held_out(job, &corpus)?;
+    job.train.total_steps(corpus.train_len)?;
     if corpus.skipped_invalid_utf8 > 0 {
         obs.on_message(&format!(
             "skipped {} lines that are not valid UTF-8",
             corpus.skipped_invalid_utf8
         ));
     }
-    prepare_out(&job.out, job.resume, job.overwrite)?;
+    let mut out_dir = OutDir::prepare(&job.out, job.resume, job.overwrite)?;
     let mut embedder = Embedder::from_pretrained(
         &job.model,
         EmbedderOptions {
@@ -189,7 +279,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
             })?
     } else {
         obs.on_message("measuring the base model on the held-back sentences…");
-        let d = diagnose_held_out(&embedder, probe, &diag_opts)?;
+        let d = diagnose::diagnose(&embedder, probe, &diag_opts)?;
         let s = sts_pairs
             .as_ref()
             .map(|p| sts::evaluate(&embedder, p))
@@ -212,6 +302,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         sts_pairs.clone(),
         job.resume,
     )?;
+    out_dir.keep();
     let steps = trainer.total_steps();
     if let Outcome::Interrupted { step } = trainer.run(obs)? {
         return Ok(FitOutcome::Interrupted {
@@ -240,7 +331,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
     .save(&job.out)?;
 
     obs.on_message("measuring the fine-tuned model…");
-    let after = diagnose_held_out(&embedder, probe, &diag_opts)?;
+    let after = diagnose::diagnose(&embedder, probe, &diag_opts)?;
     let sts_after = sts_pairs
         .as_ref()
         .map(|p| sts::evaluate(&embedder, p))
@@ -300,19 +391,6 @@ struct BeforeFigures {
 struct BeforeFiguresRef<'a> {
     diagnosis: &'a Diagnosis,
     sts: &'a Option<StsResult>,
-}
-
-fn diagnose_held_out(
-    embedder: &Embedder,
-    probe: &[String],
-    opts: &DiagnoseOptions,
-) -> Result<Diagnosis> {
-    if probe.len() < 2 {
-        return Err(Error::Invalid(
-            "too few held-back sentences to measure the model (the corpus is too small)".into(),
-        ));
-    }
-    diagnose::diagnose(embedder, probe, opts)
 }
 
 /// A short model card for `DIR/README.md`.

@@ -142,12 +142,12 @@ impl AdamW {
 
     /// Saves the moments (`m.NAME`, `v.NAME`) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut map = HashMap::new();
+        let mut map = std::collections::BTreeMap::new();
         for s in &self.slots {
             map.insert(format!("m.{}", s.name), s.m.clone());
             map.insert(format!("v.{}", s.name), s.v.clone());
         }
-        candle_core::safetensors::save(&map, path).map_err(Error::from)
+        crate::output::model_folder::save_safetensors(path, &map)
     }
 
     /// Restores moments saved by [`AdamW::save`] and the step count.

@@ -45,13 +45,17 @@ pub const RECIPES: &[Recipe] = &[Recipe {
 /// The recipe called `name`.
 pub fn recipe(name: &str) -> Result<&'static Recipe> {
     RECIPES.iter().find(|r| r.name == name).ok_or_else(|| {
-        Error::Invalid(format!(
-            "unknown recipe `{name}` (known: {})",
-            RECIPES
-                .iter()
-                .map(|r| r.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+        Error::setting(
+            "--recipe",
+            name,
+            format!(
+                "unknown recipe (known: {})",
+                RECIPES
+                    .iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
     })
 }

@@ -68,49 +68,159 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every setting before any work; errors name the option.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size < 2 {
-            return Err(Error::Invalid(format!(
-                "batch size {} is too small: uniformity and InfoNCE need at least 2 sentences per batch",
-                self.batch_size
-            )));
-        }
-        if self.mini_batch == Some(0) {
-            return Err(Error::Invalid("--mini-batch must be at least 1".into()));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "learning rate must be positive, got {}",
-                self.lr
-            )));
-        }
-        if self.steps == Some(0) || (self.steps.is_none() && self.epochs == 0) {
-            return Err(Error::Invalid(
-                "nothing to train: steps or epochs is 0".into(),
+            return Err(Error::setting(
+                "--batch-size",
+                self.batch_size,
+                "too small: uniformity and InfoNCE need at least 2 sentences per batch",
             ));
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return Err(Error::Invalid("warm-up ratio must be in [0, 1)".into()));
+        if self.mini_batch == Some(0) {
+            return Err(Error::setting("--mini-batch", 0, "must be at least 1"));
         }
-        Ok(())
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::setting(
+                "--lr",
+                self.lr,
+                "the learning rate must be a positive number",
+            ));
+        }
+        let wd = self.adamw.weight_decay;
+        if !(wd >= 0.0 && wd.is_finite()) {
+            return Err(Error::setting(
+                "--weight-decay",
+                wd,
+                "must be a finite number ≥ 0",
+            ));
+        }
+        for (name, beta) in [("beta1", self.adamw.beta1), ("beta2", self.adamw.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(Error::setting(
+                    name,
+                    beta,
+                    "AdamW's betas must be in [0, 1)",
+                ));
+            }
+        }
+        if !(self.adamw.eps > 0.0 && self.adamw.eps.is_finite()) {
+            return Err(Error::setting("eps", self.adamw.eps, "must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(Error::setting(
+                "--warmup-ratio",
+                self.warmup_ratio,
+                "must be in [0, 1)",
+            ));
+        }
+        if let Some(n) = self.max_grad_norm
+            && !(n > 0.0 && n.is_finite())
+        {
+            return Err(Error::setting(
+                "--max-grad-norm",
+                n,
+                "must be a positive number (0 turns clipping off)",
+            ));
+        }
+        match self.steps {
+            Some(0) => return Err(Error::setting("--steps", 0, "nothing to train")),
+            None if self.epochs == 0 => {
+                return Err(Error::setting("--epochs", 0, "nothing to train"));
+            }
+            _ => {}
+        }
+        self.loss.validate()
     }
 
-    /// What must not change between a run and its resumption.
-    fn fingerprint(&self, corpus: &Corpus) -> String {
-        format!(
-            "seed={} batch={} train_len={} loss={:?} lr={} adamw={:?} warmup={} clip={:?} epochs={} steps={:?}",
-            self.seed,
-            self.batch_size,
-            corpus.train_len,
-            self.loss,
-            self.lr,
-            self.adamw,
-            self.warmup_ratio,
-            self.max_grad_norm,
-            self.epochs,
-            self.steps
-        )
+    /// Optimizer steps of the run on `train_len` sentences: `steps`, else
+    /// `epochs` times the steps of one epoch.
+    pub fn total_steps(&self, train_len: usize) -> Result<usize> {
+        if let Some(steps) = self.steps {
+            return Ok(steps);
+        }
+        let per_epoch = steps_per_epoch(train_len, self.batch_size);
+        self.epochs.checked_mul(per_epoch).ok_or_else(|| {
+            Error::setting(
+                "--epochs",
+                self.epochs,
+                format!("too many: {per_epoch} steps per epoch overflow the step counter"),
+            )
+        })
     }
+
+    /// Everything that changes the result of a run, by option name, in the
+    /// order a mismatch is reported: a resumed run must match all of it.
+    fn settings(
+        &self,
+        embedder: &Embedder,
+        corpus: &Corpus,
+        sts: Option<&[StsPair]>,
+    ) -> Vec<(&'static str, String)> {
+        let opt = |v: Option<usize>| v.map_or("none".to_string(), |v| v.to_string());
+        let c = corpus.options();
+        let l = &self.loss;
+        let mut s = vec![
+            ("--model", embedder.files().name.clone()),
+            ("--pooling", embedder.pooling().to_string()),
+            ("--max-len", embedder.max_len().to_string()),
+            ("--data", corpus.source().display().to_string()),
+            ("--column", c.column.clone()),
+            ("--min-words", opt(c.min_words)),
+            ("--max-words", opt(c.max_words)),
+            ("--no-dedup", (!c.dedup).to_string()),
+            ("--max-samples", opt(c.max_samples)),
+            ("--holdout", c.holdout.to_string()),
+            ("--shuffle-buffer", c.shuffle_buffer.to_string()),
+            ("training sentences", corpus.train_len.to_string()),
+            ("--seed", self.seed.to_string()),
+            ("--batch-size", self.batch_size.to_string()),
+            ("--epochs", self.epochs.to_string()),
+            ("--steps", opt(self.steps)),
+            ("--lr", self.lr.to_string()),
+            ("--weight-decay", self.adamw.weight_decay.to_string()),
+            ("adamw", format!("{:?}", self.adamw)),
+            ("--warmup-ratio", self.warmup_ratio.to_string()),
+            (
+                "--max-grad-norm",
+                self.max_grad_norm.map_or("off".into(), |n| n.to_string()),
+            ),
+            ("--w-align", l.w_align.to_string()),
+            ("--w-uniform", l.w_uniform.to_string()),
+            ("--w-infonce", l.w_info_nce.to_string()),
+            ("--alpha", l.alpha.to_string()),
+            ("--t", l.t.to_string()),
+            ("--tau", l.tau.to_string()),
+        ];
+        if let Some(pairs) = sts {
+            s.push(("--eval-sts pairs", pairs.len().to_string()));
+            s.push(("--eval-every", self.eval_every.to_string()));
+        }
+        s
+    }
+}
+
+/// The first setting of `now` that differs from what the checkpoint saved.
+fn check_resume(
+    saved: &std::collections::BTreeMap<String, String>,
+    now: &[(&'static str, String)],
+) -> Result<()> {
+    if saved.is_empty() {
+        return Err(Error::Invalid(
+            "--resume: the checkpoint records no settings (made by an older embedtune); start again with --overwrite".into(),
+        ));
+    }
+    for (name, value) in now {
+        let was = saved.get(*name).map_or("unset", String::as_str);
+        if was != value {
+            return Err(Error::ResumeMismatch {
+                setting: name.to_string(),
+                was: was.to_string(),
+                now: value.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Evaluation figures at a step.
@@ -199,7 +309,7 @@ impl<'a> Trainer<'a> {
             ));
         }
         let mut optim = AdamW::new(&vars, cfg.adamw)?;
-        let fingerprint = cfg.fingerprint(corpus);
+        let settings = cfg.settings(embedder, corpus, sts.as_deref());
         let state = if resume {
             let ckpt = checkpoint::latest(out)?.ok_or_else(|| {
                 Error::Invalid(format!(
@@ -207,12 +317,7 @@ impl<'a> Trainer<'a> {
                     checkpoint::checkpoints_dir(out).display()
                 ))
             })?;
-            if ckpt.state.fingerprint != fingerprint {
-                return Err(Error::Invalid(format!(
-                    "--resume: the checkpoint was made with other settings or data ({} vs {})",
-                    ckpt.state.fingerprint, fingerprint
-                )));
-            }
+            check_resume(&ckpt.state.settings, &settings)?;
             load_weights(&vars, &ckpt.model_path(), embedder)?;
             optim.load(
                 &ckpt.optimizer_path(),
@@ -228,11 +333,13 @@ impl<'a> Trainer<'a> {
                 dropout_rng: Rng::new(cfg.seed),
                 best_spearman: None,
                 best_step: None,
-                fingerprint,
+                settings: settings
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             }
         };
-        let per_epoch = steps_per_epoch(corpus.train_len, cfg.batch_size);
-        let total_steps = cfg.steps.unwrap_or(cfg.epochs * per_epoch);
+        let total_steps = cfg.total_steps(corpus.train_len)?;
         let warmup_steps = (total_steps as f64 * cfg.warmup_ratio).round() as usize;
         let log = open_log(out, state.step, resume)?;
         Ok(Trainer {
@@ -293,6 +400,9 @@ impl<'a> Trainer<'a> {
 
     /// The next batch, moving to the next epoch when this one runs out.
     fn next_batch(&mut self, stream: &mut EpochStream<'a>) -> Result<Vec<String>> {
+        // A whole epoch without a pair means the corpus changed under us
+        // (it was counted with at least 2 sentences): fail, never spin.
+        let mut epochs_without_a_batch = 0;
         loop {
             let mut texts = Vec::with_capacity(self.cfg.batch_size);
             while texts.len() < self.cfg.batch_size {
@@ -312,6 +422,13 @@ impl<'a> Trainer<'a> {
             // A lone sentence at the end of an epoch cannot form pairs.
             if texts.len() >= 2 {
                 return Ok(texts);
+            }
+            epochs_without_a_batch += 1;
+            if epochs_without_a_batch > 1 {
+                return Err(Error::data(
+                    self.corpus.source(),
+                    "an epoch yielded fewer than 2 training sentences (did the files change during training?)",
+                ));
             }
         }
     }

@@ -8,6 +8,41 @@ use crate::kernels::matmul::Threads;
 use crate::kernels::softmax::{softmax_row, softmax_row_backward};
 use crate::kernels::{Mat, matmul};
 
+/// MPNet's relative position bias for one padded length: score `(i, j)`
+/// of head `h` gets `table[offsets[j − i + t − 1]·heads + h]`.
+pub(super) struct RelativeBias<'a> {
+    /// `(buckets, heads)`
+    pub(super) table: &'a [f32],
+    /// The bucket of each `j − i`, see [`crate::layers::RelativeBuckets::offsets`].
+    pub(super) offsets: Vec<u32>,
+    pub(super) t: usize,
+}
+
+impl RelativeBias<'_> {
+    /// Where score `(i, j)` of `head` reads the table.
+    fn slot(&self, heads: usize, head: usize, i: usize, j: usize) -> usize {
+        self.offsets[j + self.t - 1 - i] as usize * heads + head
+    }
+
+    /// Adds the bias to one head's `len × len` scores.
+    fn add(&self, heads: usize, head: usize, scores: &mut [f32], len: usize) {
+        for (i, row) in scores.chunks_mut(len).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v += self.table[self.slot(heads, head, i, j)];
+            }
+        }
+    }
+
+    /// Adds one head's score gradients into `dtable`.
+    fn backward(&self, heads: usize, head: usize, dscores: &[f32], len: usize, dtable: &mut [f32]) {
+        for (i, row) in dscores.chunks(len).enumerate() {
+            for (j, g) in row.iter().enumerate() {
+                dtable[self.slot(heads, head, i, j)] += g;
+            }
+        }
+    }
+}
+
 /// Index of probability `(head, i, j)` of sequence `s` in the padded
 /// `(b, heads, t, t)` layout the dropout mask was drawn over.
 pub(super) fn padded_prob(pk: &Packing, s: usize, head: usize, i: usize, j: usize) -> usize {
@@ -35,14 +70,16 @@ pub(super) fn dropped_probs<'a>(
 }
 
 /// Softmax attention of each sequence over its real tokens (padding is not
-/// in the packed rows, so no mask is needed). Returns the probabilities
-/// (before dropout) and the context.
+/// in the packed rows, so no mask is needed), with the relative position
+/// bias added to the scaled scores where the family has one. Returns the
+/// probabilities (before dropout) and the context.
 pub(super) fn attention(
     pk: &Packing,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     keep: Option<&Keep>,
+    relative: Option<&RelativeBias>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (h, heads, hd) = (pk.h, pk.heads, pk.hd);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -69,10 +106,11 @@ pub(super) fn attention(
                     false,
                     Threads::Single,
                 );
-                for row in p.chunks_mut(len) {
-                    row.iter_mut().for_each(|x| *x *= scale);
-                    softmax_row(row);
+                p.iter_mut().for_each(|x| *x *= scale);
+                if let Some(rel) = relative {
+                    rel.add(heads, head, p, len);
                 }
+                p.chunks_mut(len).for_each(softmax_row);
                 let used = dropped_probs(pk, s, head, p, keep, &mut dropped);
                 matmul(
                     &mut ctx[head * hd..],
@@ -87,11 +125,14 @@ pub(super) fn attention(
     (probs, ctx)
 }
 
-/// Gradients of [`attention`] with respect to q, k and v.
+/// Gradients of [`attention`] with respect to q, k and v; the relative
+/// position bias's are added to `drel`.
 pub(super) fn attention_backward(
     pk: &Packing,
     dctx: &[f32],
     tape: &LayerTape,
+    relative: Option<&RelativeBias>,
+    drel: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (h, heads, hd) = (pk.h, pk.heads, pk.hd);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -105,10 +146,12 @@ pub(super) fn attention_backward(
         .zip(pk.split(&mut dk, &pk.starts, h))
         .zip(pk.split(&mut dv, &pk.starts, h))
         .collect::<Vec<_>>();
-    parts
+    let rel_len = relative.map_or(0, |r| r.table.len());
+    let drel_parts: Vec<Vec<f32>> = parts
         .into_par_iter()
         .enumerate()
-        .for_each(|(s, ((dq, dk), dv))| {
+        .map(|(s, ((dq, dk), dv))| {
+            let mut drel = vec![0f32; rel_len];
             let len = pk.len(s);
             let base = pk.starts[s] * h;
             let mut dropped = vec![0f32; len * len];
@@ -145,11 +188,15 @@ pub(super) fn attention_backward(
                         }
                     }
                 }
-                // Through the softmax, then the 1/√d scale of the scores.
+                // Through the softmax (the bias's gradient), then the 1/√d
+                // scale of the scores.
                 for ((pr, gr), dr) in p.chunks(len).zip(dp.chunks(len)).zip(ds.chunks_mut(len)) {
                     softmax_row_backward(pr, gr, dr);
-                    dr.iter_mut().for_each(|x| *x *= scale);
                 }
+                if let Some(rel) = relative {
+                    rel.backward(heads, head, &ds, len, &mut drel);
+                }
+                ds.iter_mut().for_each(|x| *x *= scale);
                 // dq = dS · k, dk = dSᵀ · q.
                 matmul(
                     &mut dq[head * hd..],
@@ -168,6 +215,13 @@ pub(super) fn attention_backward(
                     Threads::Single,
                 );
             }
-        });
+            drel
+        })
+        .collect();
+    if let Some(drel) = drel {
+        for part in drel_parts {
+            drel.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+    }
     (dq, dk, dv)
 }

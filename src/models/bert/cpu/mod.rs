@@ -21,54 +21,28 @@ mod attention;
 mod layer;
 mod packing;
 
-use layer::{LayerTape, LayerW, layer_backward, layer_forward};
+use attention::RelativeBias;
+use layer::{LayerCtx, LayerTape, LayerW, layer_backward, layer_forward};
 use packing::{Keep, Packing, draw_keep, dropout_add, dropout_backward};
 
-use super::{BertModel, Layer, site};
+use super::{BertModel, LAYER_ROLES, Layer, site};
 use crate::error::{Error, Result};
 use crate::kernels::f32_data;
 use crate::kernels::matmul::Threads;
 use crate::kernels::norm::{NormSaved, layer_norm, layer_norm_backward};
 use crate::layers::DropoutSeed;
+use crate::models::params::{Params, Part, Role};
 use crate::models::{EncoderOutput, TrainPass};
 use crate::tokenize::Batch;
 
 /// Whether this path can run `model`: f32 weights on the CPU.
 pub(super) fn supported(model: &BertModel) -> bool {
-    let w = &model.embeddings.word;
-    w.device().is_cpu() && w.dtype() == DType::F32
+    model
+        .params
+        .tensors()
+        .iter()
+        .all(|w| w.device().is_cpu() && w.dtype() == DType::F32)
 }
-
-/// Parameter tensors in one fixed order: the embeddings' five, then sixteen
-/// per layer. Gradients are produced in the same order.
-fn params(model: &BertModel) -> Vec<&Tensor> {
-    let e = &model.embeddings;
-    let mut p = vec![
-        &e.word,
-        &e.position,
-        &e.token_type,
-        e.layer_norm.weight(),
-        e.layer_norm.bias(),
-    ];
-    for l in &model.layers {
-        let a = &l.attention;
-        for lin in [&a.query, &a.key, &a.value, &a.output] {
-            p.push(lin.weight());
-            p.push(lin.bias().expect("BERT linear layers have biases"));
-        }
-        p.extend([a.layer_norm.weight(), a.layer_norm.bias()]);
-        p.extend([
-            l.intermediate.weight(),
-            l.intermediate.bias().expect("bias"),
-        ]);
-        p.extend([l.output.weight(), l.output.bias().expect("bias")]);
-        p.extend([l.layer_norm.weight(), l.layer_norm.bias()]);
-    }
-    p
-}
-
-const EMB_PARAMS: usize = 5;
-const LAYER_PARAMS: usize = 16;
 
 /// Read access to the data of contiguous f32 CPU tensors for as long as
 /// this lives (it holds their storage read locks).
@@ -77,7 +51,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(tensors: &[&'a Tensor]) -> Self {
+    fn new(tensors: &'a [Tensor]) -> Self {
         Reader {
             guards: tensors.iter().map(|t| t.storage_and_layout()).collect(),
         }
@@ -92,19 +66,97 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn layer_weights<'a>(r: &'a Reader, l: usize) -> Result<LayerW<'a>> {
-    let base = EMB_PARAMS + l * LAYER_PARAMS;
-    let pair = |i: usize| -> Result<(&'a [f32], &'a [f32])> {
-        Ok((r.get(base + 2 * i)?, r.get(base + 2 * i + 1)?))
-    };
+/// Layer `l`'s weights, found by role in the parameter table.
+fn layer_weights<'a>(r: &'a Reader, p: &Params, l: usize) -> Result<LayerW<'a>> {
+    let pairs = LAYER_ROLES.map(|role| -> Result<_> {
+        Ok((
+            r.get(layer_index(p, role(Part::Weight), l))?,
+            r.get(layer_index(p, role(Part::Bias), l))?,
+        ))
+    });
+    let [q, k, v, out, ln1, inter, out2, ln2] = pairs;
     Ok(LayerW {
-        qkv: [pair(0)?, pair(1)?, pair(2)?],
-        out: pair(3)?,
-        ln1: pair(4)?,
-        inter: pair(5)?,
-        out2: pair(6)?,
-        ln2: pair(7)?,
+        qkv: [q?, k?, v?],
+        out: out?,
+        ln1: ln1?,
+        inter: inter?,
+        out2: out2?,
+        ln2: ln2?,
     })
+}
+
+/// Position of layer `l`'s parameter with `role` (every post-LN layer has
+/// each of [`LAYER_ROLES`] with a bias).
+fn layer_index(p: &Params, role: Role, l: usize) -> usize {
+    p.index(role, Some(l))
+        .unwrap_or_else(|| panic!("the parameter table has no {role:?} in layer {l}"))
+}
+
+/// Mutable borrows of the distinct entries `idx` of `v`.
+fn pick<const N: usize>(v: &mut [Vec<f32>], idx: [usize; N]) -> [&mut [f32]; N] {
+    let mut slots: Vec<Option<&mut Vec<f32>>> = v.iter_mut().map(Some).collect();
+    idx.map(|i| slots[i].take().expect("distinct parameters").as_mut_slice())
+}
+
+/// The embedding parameters' positions in the parameter table.
+struct EmbIndex {
+    word: usize,
+    position: usize,
+    token_type: Option<usize>,
+    norm: (usize, usize),
+    relative: Option<usize>,
+}
+
+impl EmbIndex {
+    fn new(p: &Params) -> Self {
+        let at = |role| {
+            p.index(role, None)
+                .expect("the post-LN tables have this parameter")
+        };
+        EmbIndex {
+            word: at(Role::WordEmbeddings),
+            position: at(Role::PositionEmbeddings),
+            token_type: p.index(Role::TokenTypeEmbeddings, None),
+            norm: (
+                at(Role::EmbeddingNorm(Part::Weight)),
+                at(Role::EmbeddingNorm(Part::Bias)),
+            ),
+            relative: p.index(Role::RelativeAttentionBias, None),
+        }
+    }
+}
+
+/// Token and token-type ids must index their tables.
+fn check_ids(ids: &[u32], type_ids: &[u32], vocab: usize, types: Option<usize>) -> Result<()> {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the vocabulary ({vocab})"
+        )));
+    }
+    if let Some(types) = types
+        && let Some(&bad) = type_ids.iter().find(|&&i| i as usize >= types)
+    {
+        return Err(Error::Invalid(format!("token type id {bad} out of range")));
+    }
+    Ok(())
+}
+
+/// The relative position bias of a padded length `t`, where the family
+/// has one.
+fn relative_bias<'a>(
+    model: &BertModel,
+    reader: &'a Reader,
+    ix: &EmbIndex,
+    t: usize,
+) -> Result<Option<RelativeBias<'a>>> {
+    let (Some(buckets), Some(i)) = (&model.arch.relative_attention, ix.relative) else {
+        return Ok(None);
+    };
+    Ok(Some(RelativeBias {
+        table: reader.get(i)?,
+        offsets: buckets.offsets(t),
+        t,
+    }))
 }
 
 /// Everything the backward pass reads.
@@ -131,9 +183,9 @@ fn run(
     save: bool,
     threads: Threads,
 ) -> Result<(Vec<Vec<f32>>, Packing, Option<Tape>)> {
-    let cfg = &model.config;
+    let arch = &model.arch;
     let (b, t) = batch.input_ids.dims2()?;
-    let h = cfg.hidden_size;
+    let h = arch.hidden_size;
     let mask = batch.attention_mask.flatten_all()?.to_vec1::<u32>()?;
     if batch.indices.len() != b {
         return Err(Error::Invalid(format!(
@@ -141,56 +193,65 @@ fn run(
             batch.indices.len()
         )));
     }
-    let pk = Packing::new(&mask, &batch.indices, t, h, cfg.num_attention_heads)?;
+    let pk = Packing::new(&mask, &batch.indices, t, h, arch.num_heads)?;
     let all_ids = batch.input_ids.flatten_all()?.to_vec1::<u32>()?;
     let all_types = batch.token_type_ids.flatten_all()?.to_vec1::<u32>()?;
     let ids: Vec<u32> = pk.padded_row.iter().map(|&p| all_ids[p]).collect();
     let type_ids: Vec<u32> = pk.padded_row.iter().map(|&p| all_types[p]).collect();
 
-    let tensors = params(model);
-    let reader = Reader::new(&tensors);
-    let e = &model.embeddings;
-    let (word, pos, types) = (reader.get(0)?, reader.get(1)?, reader.get(2)?);
-    let vocab = word.len() / h;
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(Error::Invalid(format!(
-            "token id {bad} is outside the vocabulary ({vocab})"
-        )));
-    }
-    if e.position_offset + t > pos.len() / h {
+    let p = &model.params;
+    let reader = Reader::new(p.tensors());
+    let ix = EmbIndex::new(p);
+    let (word, pos) = (reader.get(ix.word)?, reader.get(ix.position)?);
+    let types = ix.token_type.map(|i| reader.get(i)).transpose()?;
+    check_ids(&ids, &type_ids, word.len() / h, types.map(|t| t.len() / h))?;
+    if arch.position_offset + t > pos.len() / h {
         return Err(Error::Invalid(format!(
             "sequence of {t} tokens is longer than the position table"
         )));
-    }
-    if let Some(&bad) = type_ids
-        .iter()
-        .find(|&&i| (i as usize + 1) * h > types.len())
-    {
-        return Err(Error::Invalid(format!("token type id {bad} out of range")));
     }
     // Word + type, then + position: the candle graph's order of additions.
     let mut emb = vec![0f32; pk.rows() * h];
     emb.par_chunks_mut(h).enumerate().for_each(|(r, row)| {
         let w = &word[ids[r] as usize * h..][..h];
-        let ty = &types[type_ids[r] as usize * h..][..h];
-        let p = &pos[(e.position_offset + pk.padded_row[r] % t) * h..][..h];
-        for i in 0..h {
-            row[i] = (w[i] + ty[i]) + p[i];
+        row.copy_from_slice(w);
+        if let Some(types) = types {
+            let ty = &types[type_ids[r] as usize * h..][..h];
+            row.iter_mut().zip(ty).for_each(|(a, b)| *a += b);
         }
+        let p = &pos[(arch.position_offset + pk.padded_row[r] % t) * h..][..h];
+        row.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     });
     let mut x = vec![0f32; emb.len()];
-    let eps = e.layer_norm.eps() as f32;
-    let emb_ln = layer_norm(&emb, reader.get(3)?, reader.get(4)?, eps, &mut x, save);
+    let eps = arch.layer_norm_eps as f32;
+    let (g, beta) = (reader.get(ix.norm.0)?, reader.get(ix.norm.1)?);
+    let emb_ln = layer_norm(&emb, g, beta, eps, &mut x, save);
     drop(emb);
-    let emb_keep = draw_keep(dropout, site::EMBEDDINGS, e.dropout.p(), &pk, 1, h);
+    let emb_keep = draw_keep(
+        dropout,
+        site::EMBEDDINGS,
+        arch.hidden_dropout as f32,
+        &pk,
+        1,
+        h,
+    );
     dropout_add(&mut x, emb_keep.as_ref(), &[], &pk);
 
+    let relative = relative_bias(model, &reader, &ix, t)?;
     let mut hidden = vec![x];
     let mut layers = Vec::new();
     for (l, layer) in model.layers.iter().enumerate() {
-        let w = layer_weights(&reader, l)?;
+        let w = layer_weights(&reader, p, l)?;
         let x = hidden.last().expect("embedding output");
-        let (y, tape) = layer_forward(layer, &w, &pk, x, (dropout, l), save, threads);
+        let ctx = LayerCtx {
+            pk: &pk,
+            relative: relative.as_ref(),
+            dropout,
+            layer: l,
+            eps,
+            activation: arch.activation,
+        };
+        let (y, tape) = layer_forward(layer, &w, &ctx, x, save, threads);
         hidden.push(y);
         layers.extend(tape);
     }
@@ -280,7 +341,7 @@ pub(super) fn forward(
         });
     }
     // Each group writes its rows of every hidden state in place.
-    let (t, h) = (batch.input_ids.dim(1)?, model.config.hidden_size);
+    let (t, h) = (batch.input_ids.dim(1)?, model.arch.hidden_size);
     let bounds: Vec<usize> = (0..=groups).map(|g| g * b / groups).collect();
     let mut states = vec![vec![0f32; b * t * h]; model.layers.len() + 1];
     let mut outs: Vec<Vec<&mut [f32]>> = (0..groups).map(|_| Vec::new()).collect();
@@ -323,7 +384,8 @@ impl TrainPass for CpuTrainPass<'_> {
         } = *self;
         let pk = &tape.pk;
         let (h, n) = (pk.h, pk.rows() * pk.h);
-        let tensors = params(model);
+        let p = &model.params;
+        let tensors = p.tensors();
         let mut dparams: Vec<Vec<f32>> =
             tensors.iter().map(|t| vec![0f32; t.elem_count()]).collect();
         // Gradients the loss sent to each hidden state (only those it used),
@@ -338,22 +400,35 @@ impl TrainPass for CpuTrainPass<'_> {
             })
             .collect::<Result<_>>()?;
         drop(hidden);
-        let reader = Reader::new(&tensors);
+        let reader = Reader::new(tensors);
+        let ix = EmbIndex::new(p);
+        let relative = relative_bias(model, &reader, &ix, pk.t)?;
+        let mut drel = relative.as_ref().map(|r| vec![0f32; r.table.len()]);
         let mut dx = hidden_grads
             .pop()
             .flatten()
             .unwrap_or_else(|| vec![0f32; n]);
-        for (l, layer) in model.layers.iter().enumerate().rev() {
-            let w = layer_weights(&reader, l)?;
-            let base = EMB_PARAMS + l * LAYER_PARAMS;
-            dx = layer_backward(
-                layer,
-                &w,
+        for l in (0..model.layers.len()).rev() {
+            let w = layer_weights(&reader, p, l)?;
+            let ctx = LayerCtx {
                 pk,
+                relative: relative.as_ref(),
+                dropout: None,
+                layer: l,
+                eps: model.arch.layer_norm_eps as f32,
+                activation: model.arch.activation,
+            };
+            let idx = std::array::from_fn(|k| {
+                let part = if k % 2 == 0 { Part::Weight } else { Part::Bias };
+                layer_index(p, LAYER_ROLES[k / 2](part), l)
+            });
+            dx = layer_backward(
+                &w,
+                &ctx,
                 &tape.inputs[l],
                 &dx,
                 &tape.layers[l],
-                &mut dparams[base..base + LAYER_PARAMS],
+                (pick(&mut dparams, idx), drel.as_deref_mut()),
             );
             if let Some(g) = hidden_grads[l].take() {
                 dx.iter_mut().zip(g).for_each(|(a, b)| *a += b);
@@ -362,24 +437,29 @@ impl TrainPass for CpuTrainPass<'_> {
         // Embeddings: dropout, LayerNorm, then scatter into the tables.
         let dln = dropout_backward(&dx, tape.emb_keep.as_ref(), pk);
         let mut de = vec![0f32; n];
-        let [dword, dpos, dtype, dg, db, ..] = &mut dparams[..] else {
-            unreachable!("five embedding parameters")
-        };
-        layer_norm_backward(&dln, &tape.emb_ln, reader.get(3)?, &mut de, dg, db);
-        let offset = model.embeddings.position_offset;
-        for (r, row) in de.chunks(h).enumerate() {
-            let add = |table: &mut [f32], idx: usize| {
-                table[idx * h..][..h]
+        let [dg, db] = pick(&mut dparams, [ix.norm.0, ix.norm.1]);
+        layer_norm_backward(&dln, &tape.emb_ln, reader.get(ix.norm.0)?, &mut de, dg, db);
+        let offset = model.arch.position_offset;
+        let scatter = |table: &mut [f32], index: &dyn Fn(usize) -> usize| {
+            for (r, row) in de.chunks(h).enumerate() {
+                table[index(r) * h..][..h]
                     .iter_mut()
                     .zip(row)
                     .for_each(|(a, b)| *a += b);
-            };
-            add(dword, tape.ids[r] as usize);
-            add(dtype, tape.type_ids[r] as usize);
-            add(dpos, offset + pk.padded_row[r] % pk.t);
+            }
+        };
+        scatter(&mut dparams[ix.word], &|r| tape.ids[r] as usize);
+        scatter(&mut dparams[ix.position], &|r| {
+            offset + pk.padded_row[r] % pk.t
+        });
+        if let Some(i) = ix.token_type {
+            scatter(&mut dparams[i], &|r| tape.type_ids[r] as usize);
+        }
+        if let (Some(i), Some(g)) = (ix.relative, drel) {
+            dparams[i] = g;
         }
         drop(reader);
-        for (t, g) in tensors.into_iter().zip(dparams) {
+        for (t, g) in tensors.iter().zip(dparams) {
             grads.insert(t, Tensor::from_vec(g, t.shape(), &Device::Cpu)?);
         }
         Ok(())
