@@ -66,13 +66,25 @@ fn main() -> anyhow::Result<()> {
     };
     let texts = source::read_texts(file.as_ref(), "text")?.texts;
     let train = mode == "train";
+    // EMBEDTUNE_DEVICE (cpu, cuda, …; default cpu) and EMBEDTUNE_DTYPE
+    // (f32, bf16, f16; default f32), for scripts/gpu_check.py.
+    let device: DeviceSpec = std::env::var("EMBEDTUNE_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()?;
+    let dtype = match std::env::var("EMBEDTUNE_DTYPE").as_deref() {
+        Err(_) | Ok("f32") => candle_core::DType::F32,
+        Ok("bf16") => candle_core::DType::BF16,
+        Ok("f16") => candle_core::DType::F16,
+        Ok(other) => anyhow::bail!("EMBEDTUNE_DTYPE={other}: not one of f32, bf16, f16"),
+    };
     let embedder = Embedder::from_pretrained(
         model,
         EmbedderOptions {
             pooling: Some(Pooling::Cls),
             max_len: Some(32),
             batch_size: 64,
-            device: DeviceSpec::Cpu,
+            device,
+            dtype,
             trainable: train,
             ..Default::default()
         },

@@ -13,7 +13,8 @@ fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     p
 }
 
-const TEXTS: &str = "A man is playing a guitar.\nA woman slices an onion.\n\nThe sky is blue.\n";
+// Blank and null rows: rows_stay_aligned_with_null_and_empty_rows.
+const TEXTS: &str = "A man is playing a guitar.\nA woman slices an onion.\nThe sky is blue.\n";
 
 #[test]
 fn every_output_format_round_trips_in_input_order() {

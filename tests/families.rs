@@ -517,3 +517,38 @@ fn every_family_runs_through_the_cli() {
         assert_ne!(tuned, base, "{name}: fit changed nothing");
     }
 }
+
+#[test]
+fn roberta_checkpoints_without_token_types_load() {
+    // The one token type's row folded into the position table: the same
+    // function without a token-type table.
+    let src = dir(&FAMILIES[0]);
+    let tmp = tempfile::tempdir().unwrap();
+    let variant = common::model_variant(
+        &src,
+        &tmp.path().join("no-types"),
+        &["model.safetensors"],
+        &[],
+    );
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let types = tensors
+        .remove("embeddings.token_type_embeddings.weight")
+        .unwrap();
+    let pos = &tensors["embeddings.position_embeddings.weight"];
+    let folded = pos
+        .to_dtype(DType::F32)
+        .unwrap()
+        .broadcast_add(&types.to_dtype(DType::F32).unwrap())
+        .unwrap();
+    tensors.insert("embeddings.position_embeddings.weight".into(), folded);
+    candle_core::safetensors::save(&tensors, variant.join("model.safetensors")).unwrap();
+    let fx = reference(&FAMILIES[0]);
+    let embed = |m: &Path| {
+        embedder(m, Pooling::Mean, true, DType::F32, false)
+            .embed(&fx.sentences)
+            .unwrap()
+    };
+    let (diff, _) = compare(&embed(&variant), &embed(&src));
+    assert!(diff < 1e-5, "max |diff| {diff}");
+}

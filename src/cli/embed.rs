@@ -34,6 +34,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     }
     // One vector per input row, so that row i of OUT is row i of the input.
     let texts = source::read_rows(&args.data, &args.column)?;
+    let normalize = match (args.normalize, args.no_normalize) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let embedder = Embedder::from_pretrained(&args.model.model, args.model.options(normalize))?;
+    // Warnings once the model has loaded: a failing run prints one line.
     if texts.invalid_utf8 > 0 {
         eprintln!(
             "warning: {} line(s) of {} are not valid UTF-8; embedded with U+FFFD in place of the bad bytes",
@@ -48,12 +55,6 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
             args.data.display()
         );
     }
-    let normalize = match (args.normalize, args.no_normalize) {
-        (true, _) => Some(true),
-        (_, true) => Some(false),
-        _ => None,
-    };
-    let embedder = Embedder::from_pretrained(&args.model.model, args.model.options(normalize))?;
     let bar = progress::bar(texts.texts.len() as u64, "texts");
     let embeddings = embedder.embed_all(&texts.texts, &mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();

@@ -8,6 +8,7 @@ mod fit;
 mod progress;
 mod whiten;
 
+use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use embedtune::diagnose::Diagnosis;
 use embedtune::sts::StsResult;
@@ -75,6 +76,19 @@ pub struct ModelArgs {
     /// auto, cpu, cuda, cuda:N or metal
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// Compute precision: f32, bf16 or f16 (the weights are converted on load;
+    /// vectors are written as f32)
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: DType,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(format!("`{s}` is not one of f32, bf16, f16")),
+    }
 }
 
 impl ModelArgs {
@@ -85,6 +99,7 @@ impl ModelArgs {
             max_len: self.max_len,
             batch_size: self.batch_size,
             device: self.device,
+            dtype: self.dtype,
             ..EmbedderOptions::default()
         }
     }

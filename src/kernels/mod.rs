@@ -1,7 +1,7 @@
 //! CPU f32 kernels on plain slices.
 //!
 //! The building blocks of the hand-written BERT training pass
-//! (`models::bert::backprop`) and of the fused candle ops in
+//! (`models::bert`'s CPU pass) and of the fused candle ops in
 //! `layers::fused`. Every kernel that walks rows runs them in parallel with
 //! rayon; matrix products go to the `gemm` crate (what candle uses too).
 

@@ -215,6 +215,11 @@ impl WeightsView<'_> {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.weights.get(&self.pp(name).prefix, shape)
     }
+
+    /// Whether the checkpoint has `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.tensors.contains_key(&self.pp(name).prefix)
+    }
 }
 
 fn canonical_name(name: &str, strip_prefixes: &[&str]) -> String {

@@ -85,6 +85,8 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     pub role: Role,
     pub layer: Option<usize>,
+    /// The encoder works without it when a checkpoint lacks it.
+    pub optional: bool,
 }
 
 /// Builds a table: the entries of a family's encoder in checkpoint order.
@@ -107,7 +109,16 @@ impl TableBuilder {
             shape: shape.to_vec(),
             role,
             layer: self.layer,
+            optional: false,
         });
+        self
+    }
+
+    /// Marks the entry added last as one a checkpoint may lack.
+    pub fn optional(&mut self) -> &mut Self {
+        if let Some(last) = self.specs.last_mut() {
+            last.optional = true;
+        }
         self
     }
 
@@ -185,7 +196,13 @@ pub struct Params {
 }
 
 impl Params {
+    /// Takes every entry of `table` from `vb` (optional ones only where the
+    /// checkpoint has them).
     pub fn load(table: Vec<ParamSpec>, vb: &WeightsView) -> Result<Self> {
+        let table: Vec<ParamSpec> = table
+            .into_iter()
+            .filter(|s| !s.optional || vb.contains(&s.name))
+            .collect();
         let tensors = table
             .iter()
             .map(|s| vb.get(&s.name, &s.shape))

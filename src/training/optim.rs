@@ -71,22 +71,30 @@ impl AdamW {
         })
     }
 
-    /// The global L2 norm of the gradients.
+    /// The global L2 norm of the gradients. Off the CPU the squares are
+    /// summed on the device and read back once, not once per weight.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut total = 0f64;
+        let mut host = 0f64;
+        let mut on_device: Option<Tensor> = None;
         for slot in &self.slots {
-            if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += match cpu_sum_sq(g) {
-                    Some(v) => v,
-                    None => g
-                        .to_dtype(DType::F64)?
-                        .sqr()?
-                        .sum_all()?
-                        .to_scalar::<f64>()?,
-                };
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            match cpu_sum_sq(g) {
+                Some(v) => host += v,
+                None => {
+                    let s = g.to_dtype(DType::F64)?.sqr()?.sum_all()?;
+                    on_device = Some(match on_device {
+                        Some(total) => (total + s)?,
+                        None => s,
+                    });
+                }
             }
         }
-        Ok(total.sqrt())
+        if let Some(total) = on_device {
+            host += total.to_scalar::<f64>()?;
+        }
+        Ok(host.sqrt())
     }
 
     /// One update with learning rate `lr`, each gradient multiplied by

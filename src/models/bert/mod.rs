@@ -92,7 +92,9 @@ impl PostLnNames {
                 "embeddings.token_type_embeddings.weight",
                 &[sizes.type_vocab, h],
                 Role::TokenTypeEmbeddings,
-            );
+            )
+            // Some RoBERTa-style checkpoints have none.
+            .optional();
         }
         t.norm("embeddings.LayerNorm", h, Role::EmbeddingNorm, true);
         // (in, out) of each linear layer; `None`: a norm.
