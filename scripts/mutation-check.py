@@ -14,6 +14,7 @@ formula the suite must pin down.)
 """
 import argparse
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -49,7 +50,15 @@ TESTS = ["--lib", "--test", "losses", "--test", "metrics", "--test", "parity", "
 def run_tests():
     cmd = ["cargo", "test", "--locked", "-q", *TESTS]
     p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    failed = [l.split()[1] for l in p.stdout.splitlines() if l.startswith("test ") and l.endswith("FAILED")]
+    # `-q` lists the failing tests under "failures:", indented.
+    failed, listing = [], False
+    for line in p.stdout.splitlines():
+        if line == "failures:":
+            listing = True
+        elif listing and line.startswith("    ") and " " not in line.strip():
+            failed.append(line.strip())
+        elif listing and line.startswith("test result"):
+            listing = False
     build_error = "error[" in p.stdout or "could not compile" in p.stdout
     return p.returncode, failed, build_error, p.stdout
 
@@ -58,6 +67,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the source is restored.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     survived = []
     for path, old, new, what in MUTANTS:
         if args.only and args.only not in what and args.only not in path:

@@ -67,4 +67,16 @@ mod tests {
         assert!((s - 0.6668859288553501).abs() < 1e-12, "{s}");
         assert!(pearson(&x, &[1.0; 5]).is_err());
     }
+
+    #[test]
+    fn pearson_is_exact_and_scale_free() {
+        // x = (1, 2, 3), y = (1, 2, 4): Sxy = 3, Sxx = 2, Syy = 14/3.
+        let want = 3.0 / (2.0f64 * 14.0 / 3.0).sqrt();
+        for scale in [1.0, 1e-3, 1e3] {
+            let x = [1.0 * scale, 2.0 * scale, 3.0 * scale];
+            let y = [1.0 * scale, 2.0 * scale, 4.0 * scale];
+            let r = pearson(&x, &y).unwrap();
+            assert!((r - want).abs() < 1e-12, "scale {scale}: {r} vs {want}");
+        }
+    }
 }
