@@ -164,6 +164,24 @@ impl Chart {
     }
 
     /// One coloured entry per diagnosis, in plotting order.
+    /// Half-transparent bars of a density histogram: bin `i` spans
+    /// `[x0 + i·width, x0 + (i+1)·width)` in data units.
+    fn bars(&mut self, x0: f64, width: f64, density: &[f64], color: &str) {
+        for (i, v) in density.iter().enumerate() {
+            let (a, b) = (
+                self.px(x0 + i as f64 * width),
+                self.px(x0 + (i + 1) as f64 * width),
+            );
+            let (y, y0) = (self.py(*v), self.py(0.0));
+            let _ = writeln!(
+                self.svg,
+                "<rect x=\"{a:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
+                (b - a).max(0.5),
+                y0 - y
+            );
+        }
+    }
+
     fn legend(&mut self, ds: &[&Diagnosis]) {
         self.legend_with(ds, label);
     }
@@ -230,19 +248,12 @@ fn histogram(ds: &[&Diagnosis]) -> String {
         "density",
     );
     for (k, (d, den)) in ds.iter().zip(&dens).enumerate() {
-        let color = COLORS[k % 2];
-        let bins = den.len();
-        for (i, v) in den.iter().enumerate() {
-            let x0 = c.px(d.histogram.bin_start(i));
-            let x1 = c.px(d.histogram.bin_start(i) + 2.0 / bins as f64);
-            let (y, y0) = (c.py(*v), c.py(0.0));
-            let _ = writeln!(
-                c.svg,
-                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
-                (x1 - x0).max(0.5),
-                y0 - y
-            );
-        }
+        c.bars(
+            d.histogram.bin_start(0),
+            2.0 / den.len() as f64,
+            den,
+            COLORS[k % 2],
+        );
     }
     c.legend(ds);
     c.finish()
@@ -283,16 +294,7 @@ fn alignment_histogram(ds: &[&Diagnosis]) -> String {
     );
     for (k, (d, den)) in ds.iter().zip(&dens).enumerate() {
         let color = COLORS[k % 2];
-        for (i, v) in den.iter().enumerate() {
-            let (x0, x1) = (c.px(i as f64 * width), c.px((i + 1) as f64 * width));
-            let (y, y0) = (c.py(*v), c.py(0.0));
-            let _ = writeln!(
-                c.svg,
-                "<rect x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.5\"/>",
-                (x1 - x0).max(0.5),
-                y0 - y
-            );
-        }
+        c.bars(0.0, width, den, color);
         if d.alignment_distances.is_empty() {
             continue;
         }
