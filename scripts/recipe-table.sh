@@ -19,7 +19,7 @@ mkdir -p "$out"
 
 # name | command | what
 rows=(
-  "whitenall|whiten --method whitening --max-samples 20000|whitening, all 383 directions the data span (20,000 sentences)"
+  "whitenall|whiten --method whitening --max-samples 20000|whitening, every direction the data span (381 of 384; 20,000 sentences)"
   "whiten256|whiten --method whitening --dim 256 --max-samples 20000|whitening, K = 256"
   "abtt1|whiten --method abtt --remove 1 --max-samples 20000|ABTT, D = 1"
   "abtt2|whiten --method abtt --remove 2 --max-samples 20000|ABTT, D = 2"
@@ -28,7 +28,8 @@ rows=(
   "au512|fit --loss align-uniform --batch-size 512 --mini-batch 64 --steps 25 --eval-every 0|align-uniform, B = 512 (cached, m = 64), 25 steps"
   "nce64|fit --loss infonce --batch-size 64 --steps 100 --eval-every 0|InfoNCE, B = 64, 100 steps"
   "nce512|fit --loss infonce --batch-size 512 --mini-batch 64 --steps 25 --eval-every 0|InfoNCE, B = 512 (cached, m = 64), 25 steps"
-  "recipe|fit --recipe RECIPE_NAME --eval-every 0|\`--recipe RECIPE_NAME\`"
+  "recipe|fit --recipe infonce-center --eval-every 0|\`--recipe infonce-center\` (InfoNCE, then the mean removed)"
+  "recipe-whiten|fit --recipe infonce-whiten --eval-every 0|\`--recipe infonce-whiten\` (InfoNCE, then whitening)"
 )
 want=" ${ROWS:-${rows[*]%%|*}} "
 

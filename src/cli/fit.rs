@@ -37,7 +37,7 @@ pub struct FitArgs {
     /// cls, mean or max [default: the model's pooling, else cls]
     #[arg(long)]
     pooling: Option<Pooling>,
-    /// A tested preset of loss, batch, steps and learning rate (see the README): infonce-whiten.
+    /// A measured preset of loss, batch, steps, learning rate and post-hoc map (see the README): infonce-center, infonce-whiten.
     #[arg(long, conflicts_with_all = ["loss", "w_align", "w_uniform", "w_infonce", "alpha", "t", "tau", "lr", "batch_size", "mini_batch", "steps", "epochs"])]
     recipe: Option<String>,
     #[arg(long, value_enum, default_value = "align-uniform")]

@@ -23,24 +23,45 @@ pub struct Recipe {
 }
 
 /// The presets, best first.
-pub const RECIPES: &[Recipe] = &[Recipe {
-    name: "infonce-whiten",
-    summary: "SimCSE's InfoNCE (τ = 0.05, B = 64, 100 steps, lr 3e-5), then whitening of the trained embeddings (all dimensions) from 20,000 training sentences, saved as a Dense module",
-    loss: LossConfig {
-        w_align: 0.0,
-        w_uniform: 0.0,
-        w_info_nce: 1.0,
-        alpha: 2.0,
-        t: 2.0,
-        tau: 0.05,
+///
+/// Measured on all-MiniLM-L6-v2 (CLS, the books, STS-B dev; README table):
+/// InfoNCE alone scores best on STS but leaves a cap (average cosine 0.19);
+/// whitening its output flattens the sphere completely but costs 0.8 STS
+/// points, while only taking the mean away (all-but-the-top with no
+/// direction removed) brings the average cosine to 0.005 for 0.4.
+pub const RECIPES: &[Recipe] = &[
+    Recipe {
+        name: "infonce-center",
+        summary: "SimCSE's InfoNCE (τ = 0.05, B = 64, 100 steps, lr 3e-5), then the mean of the trained embeddings over 20,000 training sentences subtracted (a Dense module)",
+        loss: INFONCE,
+        lr: 3e-5,
+        batch_size: 64,
+        mini_batch: None,
+        steps: 100,
+        post: Some(Method::Abtt { remove: 0 }),
+        post_samples: 20_000,
     },
-    lr: 3e-5,
-    batch_size: 64,
-    mini_batch: None,
-    steps: 100,
-    post: Some(Method::Whitening { dim: None }),
-    post_samples: 20_000,
-}];
+    Recipe {
+        name: "infonce-whiten",
+        summary: "SimCSE's InfoNCE (τ = 0.05, B = 64, 100 steps, lr 3e-5), then whitening of the trained embeddings (every direction they span) from 20,000 training sentences, saved as a Dense module",
+        loss: INFONCE,
+        lr: 3e-5,
+        batch_size: 64,
+        mini_batch: None,
+        steps: 100,
+        post: Some(Method::Whitening { dim: None }),
+        post_samples: 20_000,
+    },
+];
+
+const INFONCE: LossConfig = LossConfig {
+    w_align: 0.0,
+    w_uniform: 0.0,
+    w_info_nce: 1.0,
+    alpha: 2.0,
+    t: 2.0,
+    tau: 0.05,
+};
 
 /// The recipe called `name`.
 pub fn recipe(name: &str) -> Result<&'static Recipe> {
