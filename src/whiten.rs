@@ -46,6 +46,7 @@ impl Method {
         match *self {
             Method::Whitening { dim: Some(k) } => format!("whitening to {k} dimensions"),
             Method::Whitening { dim: None } => "whitening (every direction the data spans)".into(),
+            Method::Abtt { remove: 0 } => "all-but-the-top: the mean removed".into(),
             Method::Abtt { remove } => format!(
                 "all-but-the-top: mean and top {remove} principal direction{} removed",
                 if remove == 1 { "" } else { "s" }
