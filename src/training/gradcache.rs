@@ -20,7 +20,9 @@ use crate::inference::Embedder;
 use crate::layers::DropoutSeed;
 use crate::losses::LossConfig;
 use crate::tokenize::{Batch, Encoded};
-use crate::training::trainer::{StepGradients, both_views, loss_and_parts};
+use crate::training::trainer::{
+    StepGradients, backward_through_encoder, both_views, loss_and_parts,
+};
 
 /// The gradients of [`crate::training::trainer::gradients`] (the same
 /// loss, the same masks) with the 2B rows encoded `mini_batch` at a time.
@@ -83,23 +85,11 @@ fn chunk_backward(
     dropout: DropoutSeed,
     upstream: &Tensor,
 ) -> Result<GradStore> {
-    let encoder = &embedder.model().encoder;
-    let surrogate = |out: &crate::models::EncoderOutput| -> Result<Tensor> {
-        let pooled = embedder.sentence_embeddings(out, &batch.attention_mask)?;
+    let (grads, ()) = backward_through_encoder(embedder, batch, dropout, |pooled| {
         let upstream = upstream.to_dtype(pooled.dtype())?;
-        Ok((pooled * upstream)?.sum_all()?)
-    };
-    match encoder.forward_train(batch, dropout)? {
-        Some(pass) => {
-            let mut grads = surrogate(pass.output())?.backward()?;
-            pass.backward(&mut grads)?;
-            Ok(grads)
-        }
-        None => {
-            let out = encoder.forward_graph(batch, Some(dropout))?;
-            Ok(surrogate(&out)?.backward()?)
-        }
-    }
+        Ok(((pooled * upstream)?.sum_all()?, ()))
+    })?;
+    Ok(grads)
 }
 
 /// Adds the weight gradients of `chunk` into `acc` (and nothing else: the

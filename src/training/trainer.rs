@@ -16,7 +16,7 @@ use crate::losses::{self, LossConfig};
 use crate::metrics;
 use crate::rng::Rng;
 use crate::sts::{self, StsPair};
-use crate::tokenize::Encoded;
+use crate::tokenize::{Batch, Encoded};
 use crate::training::checkpoint::{self, TrainState};
 use crate::training::data::{Corpus, EpochStream};
 use crate::training::gradcache;
@@ -608,23 +608,40 @@ pub fn gradients(
     let batch = embedder
         .tokenizer()
         .pad(&rows, (0..rows.len()).collect(), embedder.device())?;
+    let (grads, mut g) = backward_through_encoder(embedder, &batch, dropout, |pooled| {
+        loss_and_parts(pooled, loss_cfg, adjust).map(|(g, total)| (total, g))
+    })?;
+    g.grads = grads;
+    Ok(g)
+}
+
+/// Encodes `batch` in train mode with `dropout` (the hand-written pass
+/// where there is one, else the candle graph), pools, and back-propagates
+/// the scalar `loss` returns for the pooled rows into every weight. Also
+/// returns what `loss` returns beside its scalar.
+pub(crate) fn backward_through_encoder<T>(
+    embedder: &Embedder,
+    batch: &Batch,
+    dropout: DropoutSeed,
+    loss: impl FnOnce(&Tensor) -> Result<(Tensor, T)>,
+) -> Result<(GradStore, T)> {
     let encoder = &embedder.model().encoder;
-    let pass = encoder.forward_train(&batch, dropout)?;
+    let pass = encoder.forward_train(batch, dropout)?;
     let graph_output;
     let output = match &pass {
         Some(pass) => pass.output(),
         None => {
-            graph_output = encoder.forward_graph(&batch, Some(dropout))?;
+            graph_output = encoder.forward_graph(batch, Some(dropout))?;
             &graph_output
         }
     };
     let pooled = embedder.sentence_embeddings(output, &batch.attention_mask)?;
-    let (mut g, total) = loss_and_parts(&pooled, loss_cfg, adjust)?;
-    g.grads = total.backward()?;
+    let (total, extra) = loss(&pooled)?;
+    let mut grads = total.backward()?;
     if let Some(pass) = pass {
-        pass.backward(&mut g.grads)?;
+        pass.backward(&mut grads)?;
     }
-    Ok(g)
+    Ok((grads, extra))
 }
 
 /// Sentences `0..B` then the same sentences again as rows `B..2B`: the two
