@@ -75,3 +75,16 @@ impl FromStr for DeviceSpec {
         }
     }
 }
+
+/// A compute precision by name: `f32`, `bf16` or `f16`.
+pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
+    use candle_core::DType;
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(Error::Invalid(format!(
+            "`{s}` is not one of f32, bf16, f16"
+        ))),
+    }
+}

@@ -12,13 +12,7 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // Usage errors on one line, like every other error.
-            let text = e.render().to_string();
-            let head: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("{}", head.join(" "));
+            eprintln!("{}", embedtune::training::args::usage_line(&e));
             return ExitCode::from(2);
         }
     };

@@ -12,7 +12,6 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use embedtune::diagnose::Diagnosis;
 use embedtune::sts::StsResult;
-use embedtune::training::CorpusOptions;
 use embedtune::{DeviceSpec, EmbedderOptions, Pooling};
 
 #[derive(Parser)]
@@ -78,17 +77,8 @@ pub struct ModelArgs {
     pub device: DeviceSpec,
     /// Compute precision: f32, bf16 or f16 (the weights are converted on load;
     /// vectors are written as f32)
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    #[arg(long, default_value = "f32", value_parser = embedtune::device::parse_dtype)]
     pub dtype: DType,
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        _ => Err(format!("`{s}` is not one of f32, bf16, f16")),
-    }
 }
 
 impl ModelArgs {
@@ -101,47 +91,6 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             ..EmbedderOptions::default()
-        }
-    }
-}
-
-/// How a corpus is read and split (`fit`, `whiten`).
-#[derive(Args, Debug, Clone)]
-pub struct CorpusArgs {
-    /// Text column of tabular files.
-    #[arg(long, default_value = "text")]
-    pub column: String,
-    /// Keep sentences with at least this many words.
-    #[arg(long)]
-    pub min_words: Option<usize>,
-    /// Keep sentences with at most this many words.
-    #[arg(long)]
-    pub max_words: Option<usize>,
-    /// Keep duplicate sentences.
-    #[arg(long)]
-    pub no_dedup: bool,
-    /// Use at most N sentences.
-    #[arg(long)]
-    pub max_samples: Option<usize>,
-    /// Sentences held back for evaluation.
-    #[arg(long, default_value_t = 1000)]
-    pub holdout: usize,
-    /// Sentences in the shuffle buffer.
-    #[arg(long, default_value_t = 100_000)]
-    pub shuffle_buffer: usize,
-}
-
-impl CorpusArgs {
-    pub fn options(&self, seed: u64) -> CorpusOptions {
-        CorpusOptions {
-            column: self.column.clone(),
-            min_words: self.min_words,
-            max_words: self.max_words,
-            dedup: !self.no_dedup,
-            max_samples: self.max_samples,
-            shuffle_buffer: self.shuffle_buffer,
-            holdout: self.holdout,
-            seed,
         }
     }
 }

@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use embedtune::training::args::CorpusArgs;
 use embedtune::whiten::{self, Method, Progress, WhitenJob};
 use indicatif::ProgressBar;
 
-use super::{CorpusArgs, ModelArgs, progress};
+use super::{ModelArgs, progress};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum MethodKind {

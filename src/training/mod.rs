@@ -5,6 +5,7 @@
 //! `checkpoint` saves and resumes, `trainer` runs the loop; [`fit`] ties
 //! them together with the before/after diagnosis and the saved model.
 
+pub mod args;
 pub mod checkpoint;
 pub mod data;
 pub mod gradcache;
