@@ -39,7 +39,7 @@ def _use_assigned_cpus() -> None:
     except Exception:  # not inside a Ray worker
         return
     if cpus:
-        os.environ["RAYON_NUM_THREADS"] = str(max(1, int(cpus)))
+        os.environ["RAYON_NUM_THREADS"] = str(max(1, round(cpus)))
 
 
 class Embed:

@@ -59,6 +59,10 @@ struct Embedder {
 #[pymethods]
 impl Embedder {
     #[new]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "Python's keyword arguments, one per EmbedderOptions field"
+    )]
     #[pyo3(signature = (model, pooling=None, normalize=None, max_len=None, batch_size=None, device="auto", dtype="f32"))]
     fn new(
         py: Python<'_>,
