@@ -19,7 +19,7 @@ import numpy as np
 from . import _native
 from ._native import EmbedtuneError
 
-__all__ = ["Embedder", "EmbedtuneError", "diagnose", "fit"]
+__all__ = ["Embedder", "EmbedtuneError", "VectorStats", "diagnose", "fit"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -121,6 +121,67 @@ class Embedder:
         values = texts.fill_null("").to_pylist()
         flat = self.encode(values).reshape(-1)
         return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), self.dim)
+
+
+class VectorStats:
+    """Mergeable statistics of a set of vectors (``diagnose``'s pooled
+    figures without the model): ``add`` rows, ``merge`` the partial
+    statistics of other shards (any split gives the same result: exact sums,
+    and a reservoir sample that depends on the set of vectors only),
+    ``finish`` for the figures. Picklable (through ``to_bytes``), so partial
+    statistics travel between processes. Options: ``seed`` (0),
+    ``reservoir`` (vectors kept for the sampled figures, 10,000),
+    ``histogram_bins`` (100), ``t`` (uniformity temperature, 2)."""
+
+    def __init__(
+        self,
+        dim: int,
+        seed: Optional[int] = None,
+        reservoir: Optional[int] = None,
+        histogram_bins: Optional[int] = None,
+        t: Optional[float] = None,
+    ) -> None:
+        self._native = _native.VectorStats(dim, seed, reservoir, histogram_bins, t)
+
+    @property
+    def dim(self) -> int:
+        return self._native.dim
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def add(self, rows: Any) -> "VectorStats":
+        """Adds the rows of a ``(n, dim)`` array (or one ``(dim,)`` vector)."""
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"expected rows of {self.dim} values, got an array of shape {rows.shape}")
+        self._native.add(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        return self
+
+    def merge(self, other: "VectorStats") -> "VectorStats":
+        """Adds ``other``'s statistics to these (same dim and options)."""
+        self._native.merge(other._native)
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self._native.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "VectorStats":
+        stats = cls.__new__(cls)
+        stats._native = _native.VectorStats.from_bytes(bytes(data))
+        return stats
+
+    def __reduce__(self):
+        return (VectorStats.from_bytes, (self.to_bytes(),))
+
+    def finish(self) -> dict:
+        """The figures (``avg_cosine``, ``uniformity``, ``top1_variance_ratio``,
+        ``effective_rank``, ``mean_vector_norm``, ``isoscore``, ``n``,
+        ``pairs``, and which are ``exact`` or ``sampled``) as a dict."""
+        return json.loads(self._native.finish())
 
 
 _DIAGNOSE_OPTIONS = ("max_samples", "seed", "alignment_samples", "token_samples")

@@ -42,3 +42,24 @@ def diagnose(
 
 def fit(flags: List[str], verbose: bool = True) -> str:
     """`embedtune fit` with these flags; the report as JSON."""
+
+class VectorStats:
+    def __init__(
+        self,
+        dim: int,
+        seed: Optional[int] = None,
+        reservoir: Optional[int] = None,
+        histogram_bins: Optional[int] = None,
+        t: Optional[float] = None,
+    ) -> None: ...
+    def add(self, rows: bytes) -> None:
+        """Rows as little-endian float32 bytes, row-major."""
+    def merge(self, other: "VectorStats") -> None: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> "VectorStats": ...
+    def __len__(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    def finish(self) -> str:
+        """The figures as JSON."""

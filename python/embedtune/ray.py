@@ -44,7 +44,7 @@ def _use_assigned_cpus() -> None:
 
 class Embed:
     """``Dataset.map_batches(Embed, fn_constructor_kwargs={"model": M},
-    batch_format="pyarrow", concurrency=N)``: adds ``output_column``, the
+    batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=N))``: adds ``output_column``, the
     embeddings of ``column``, to each batch; rows keep their order within a
     batch. ``embedder_opts`` are ``Embedder``'s (pooling, normalize,
     max_len, batch_size, device, dtype)."""
@@ -81,8 +81,12 @@ def embed(
     **embedder_opts: Any,
 ) -> Any:
     """``dataset`` with ``output_column`` added: ``workers`` actors, each
-    with ``cpus_per_worker`` CPUs and one copy of the model, take batches of
-    ``batch_size`` rows."""
+    with ``cpus_per_worker`` CPUs (that many Rust threads) and one copy of
+    the model, take batches of ``batch_size`` rows. Leave the cluster some
+    CPUs beside the actors for Ray Data's read and write tasks: actors that
+    hold every CPU starve the reads, and nothing moves."""
+    import ray
+
     return dataset.map_batches(
         Embed,
         fn_constructor_kwargs=dict(
@@ -90,7 +94,7 @@ def embed(
         ),
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
     )
 

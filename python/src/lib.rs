@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use embedtune::diagnose::stats::{self, StatsOptions};
 use embedtune::diagnose::{DiagnoseOptions, default_probe, diagnose as run_diagnose};
 use embedtune::training::args::FitArgs;
 use embedtune::training::{self, FitOutcome, Observer, StepRecord};
@@ -13,7 +14,7 @@ use embedtune::{DeviceSpec, EmbedderOptions, Error, Pooling};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyByteArray;
+use pyo3::types::{PyByteArray, PyBytes};
 
 create_exception!(
     embedtune,
@@ -160,8 +161,7 @@ fn diagnose(
     let e = embedder.inner.clone();
     detached(py, move |_| {
         let texts = texts.unwrap_or_else(default_probe);
-        let d = run_diagnose(&e, &texts, &opts)?;
-        serde_json::to_string(&d).map_err(|e| Error::Invalid(e.to_string()))
+        json(&run_diagnose(&e, &texts, &opts)?)
     })
 }
 
@@ -215,9 +215,7 @@ fn fit(py: Python<'_>, flags: Vec<String>, verbose: bool) -> PyResult<String> {
             obs.on_message(&line);
         }
         match training::fit(&job, &mut obs)? {
-            FitOutcome::Done(r) => {
-                serde_json::to_string(&r).map_err(|e| Error::Invalid(e.to_string()))
-            }
+            FitOutcome::Done(r) => json(&r),
             // Python raises the signal's exception (KeyboardInterrupt).
             FitOutcome::Interrupted { step, out } => {
                 let note = format!(
@@ -231,10 +229,95 @@ fn fit(py: Python<'_>, flags: Vec<String>, verbose: bool) -> PyResult<String> {
     })
 }
 
+/// Mergeable statistics of a set of vectors
+/// (`embedtune::diagnose::stats::VectorStats`).
+#[pyclass(module = "embedtune._native")]
+struct VectorStats {
+    inner: stats::VectorStats,
+}
+
+fn json<T: serde::Serialize>(value: &T) -> embedtune::Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+#[pymethods]
+impl VectorStats {
+    /// Unset options take the library's defaults.
+    #[new]
+    #[pyo3(signature = (dim, seed=None, reservoir=None, histogram_bins=None, t=None))]
+    fn new(
+        dim: usize,
+        seed: Option<u64>,
+        reservoir: Option<usize>,
+        histogram_bins: Option<usize>,
+        t: Option<f64>,
+    ) -> PyResult<Self> {
+        let d = StatsOptions::default();
+        let opts = StatsOptions {
+            seed: seed.unwrap_or(d.seed),
+            reservoir: reservoir.unwrap_or(d.reservoir),
+            histogram_bins: histogram_bins.unwrap_or(d.histogram_bins),
+            t: t.unwrap_or(d.t),
+        };
+        opts.check().map_err(to_py)?;
+        Ok(VectorStats {
+            inner: stats::VectorStats::new(dim, opts),
+        })
+    }
+
+    /// Adds rows given as little-endian float32 bytes, row-major.
+    fn add(&mut self, py: Python<'_>, rows: &[u8]) -> PyResult<()> {
+        if rows.len() % 4 != 0 {
+            return Err(EmbedtuneError::new_err(format!(
+                "{} bytes are not a whole number of float32 values",
+                rows.len()
+            )));
+        }
+        let inner = &mut self.inner;
+        detached(py, move |_| {
+            let values: Vec<f32> = rows
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            inner.add(&values)
+        })
+    }
+
+    fn merge(&mut self, other: PyRef<'_, VectorStats>) -> PyResult<()> {
+        self.inner.merge(&other.inner).map_err(to_py)
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_bytes())
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        let inner = stats::VectorStats::from_bytes(data).map_err(to_py)?;
+        Ok(VectorStats { inner })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len() as usize
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    /// The figures as JSON.
+    fn finish(&self, py: Python<'_>) -> PyResult<String> {
+        let inner = &self.inner;
+        detached(py, move |_| json(&inner.finish()?))
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EmbedtuneError", m.py().get_type::<EmbedtuneError>())?;
     m.add_class::<Embedder>()?;
+    m.add_class::<VectorStats>()?;
     m.add_function(wrap_pyfunction!(diagnose, m)?)?;
     m.add_function(wrap_pyfunction!(fit, m)?)?;
     Ok(())

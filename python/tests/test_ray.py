@@ -58,3 +58,34 @@ def test_ray_embed_missing_column_is_clear(cluster, model, parquet_dir):
     ds = et_ray.embed(ds, model, column="sentence", cpus_per_worker=0.5)
     with pytest.raises(Exception, match="no column `sentence`"):
         ds.materialize()
+
+
+def test_distributed_diagnose_equals_one_process(cluster, embedded):
+    rows = np.stack(embedded.column("embedding").to_numpy(zero_copy_only=False))
+    single = embedtune.VectorStats(rows.shape[1]).add(rows).finish()
+    blocks = ray.data.from_arrow(embedded).repartition(4)
+    merged = et_ray.diagnose(blocks, column="embedding")
+    assert merged["n"] == single["n"] == len(rows)
+    for key, want in single.items():
+        if isinstance(want, float):
+            assert abs(merged[key] - want) <= 1e-9 * max(1.0, abs(want)), key
+        else:
+            assert merged[key] == want, key
+    # Against numpy: the mean cosine over distinct pairs.
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    gram = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    n = len(rows)
+    assert abs(single["avg_cosine"] - (gram.sum() - n) / (n * (n - 1))) <= 1e-6
+
+
+def test_vector_stats_pickle_and_merge_errors(embedded):
+    import pickle
+
+    rows = np.stack(embedded.column("embedding").to_numpy(zero_copy_only=False))
+    stats = embedtune.VectorStats(rows.shape[1]).add(rows[:50])
+    again = pickle.loads(pickle.dumps(stats))
+    assert len(again) == 50 and again.finish() == stats.finish()
+    with pytest.raises(ValueError, match="384"):
+        stats.add(np.zeros((2, 3)))
+    with pytest.raises(embedtune.EmbedtuneError):
+        stats.merge(embedtune.VectorStats(rows.shape[1], seed=1))
