@@ -223,7 +223,7 @@ mod tests {
             for index in 0..count {
                 let r = Shard { index, count }.rows(total, chunk);
                 assert_eq!(r.start, next, "{total} {chunk} {count}");
-                assert!(r.start == total || r.start % chunk as u64 == 0);
+                assert!(r.start == total || r.start.is_multiple_of(chunk as u64));
                 next = r.end;
             }
             assert_eq!(next, total);
