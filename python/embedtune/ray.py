@@ -16,6 +16,7 @@ driver, so the result equals one process's over the whole column.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
@@ -39,7 +40,7 @@ def _use_assigned_cpus() -> None:
     except Exception:  # not inside a Ray worker
         return
     if cpus:
-        os.environ["RAYON_NUM_THREADS"] = str(max(1, round(cpus)))
+        os.environ["RAYON_NUM_THREADS"] = str(math.ceil(cpus))
 
 
 class Embed:
