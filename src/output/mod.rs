@@ -11,6 +11,7 @@ mod npy;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub(crate) use atomic::check_parent;
 pub use atomic::{AtomicFile, Finished, TempPath, remove_temporaries};
 
 use crate::error::{Error, Result};

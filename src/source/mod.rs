@@ -7,6 +7,7 @@
 mod columnar;
 mod delimited;
 mod lines;
+pub mod vectors;
 
 use std::path::{Path, PathBuf};
 
