@@ -176,7 +176,7 @@ impl VectorStats {
     /// Adds row-major rows of `dim` values.
     pub fn add(&mut self, rows: &[f32]) -> Result<()> {
         let d = self.dim;
-        if d == 0 || rows.len() % d != 0 {
+        if d == 0 || !rows.len().is_multiple_of(d) {
             return Err(Error::Vectors(format!(
                 "{} values are not whole rows of {d}",
                 rows.len()
@@ -522,7 +522,7 @@ impl From<Reservoir> for SampleRows {
 impl TryFrom<SampleRows> for Reservoir {
     type Error = Error;
     fn try_from(s: SampleRows) -> Result<Self> {
-        if s.dim == 0 && !s.rows.is_empty() || s.dim > 0 && s.rows.len() % s.dim != 0 {
+        if !s.rows.len().is_multiple_of(s.dim) {
             return Err(Error::StatsFormat("ragged sample rows".into()));
         }
         let mut r = Reservoir::new(s.cap, s.seed);
@@ -571,14 +571,17 @@ pub fn of_files(
     let dim = files.first().map_or(0, |f| f.dim());
     let mut stats = VectorStats::new(dim, opts);
     for file in files {
+        // One partial per file, so errors number the file's own rows.
+        let mut part = VectorStats::new(dim, stats.opts.clone());
         let path = file.path().to_path_buf();
         for chunk in file {
-            stats.add(&chunk?).map_err(|e| match e {
+            part.add(&chunk?).map_err(|e| match e {
                 Error::Vectors(m) => Error::data(&path, m),
                 e => e,
             })?;
-            progress(stats.len());
+            progress(stats.len() + part.len());
         }
+        stats.merge(&part)?;
     }
     Ok(stats)
 }

@@ -66,12 +66,7 @@ pub fn open(path: &Path) -> Result<VectorFile> {
     if path.is_dir() {
         return Err(Error::data(path, "is a folder, expected a file"));
     }
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    match ext.as_str() {
+    match super::extension(path).as_str() {
         "npy" => open_npy(path),
         "parquet" => {
             let rows = parquet_rows(path)?;
