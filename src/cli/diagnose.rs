@@ -23,7 +23,7 @@ pub struct DiagnoseArgs {
     /// Use at most N sentences (a seeded sample).
     #[arg(long)]
     max_samples: Option<usize>,
-    /// Seed for sampling and the dropout masks of `alignment`.
+    /// Seed for sampling (the probe, the --embeddings reservoir) and the dropout masks of `alignment`.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// table, json or markdown
