@@ -59,12 +59,14 @@ pub enum Error {
 
     /// `--resume` with a setting that differs from the checkpoint's.
     #[error(
-        "--resume: {setting} was {was} when the checkpoint was made, now {now} (resume with the same settings, or start again with --overwrite)"
+        "--resume: {setting} was {was} in the stopped run, now {now} (resume with the same settings, or {restart})"
     )]
     ResumeMismatch {
         setting: String,
         was: String,
         now: String,
+        /// How to start again instead.
+        restart: String,
     },
 
     /// A statistic that is undefined on this input (e.g. the correlation

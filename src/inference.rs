@@ -97,6 +97,7 @@ pub struct Embedder {
     dense: Option<Dense>,
     normalize: bool,
     batch_size: usize,
+    dtype: DType,
     device: Device,
 }
 
@@ -144,6 +145,7 @@ impl Embedder {
             pooling,
             normalize: options.normalize.unwrap_or(settings.normalize),
             batch_size: options.batch_size,
+            dtype: options.dtype,
             files,
             model,
             tokenizer,
@@ -283,6 +285,15 @@ impl Embedder {
         self.dense = Some(dense);
         Ok(())
     }
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The compute precision (vectors come out as f32 whatever it is).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -6,11 +6,12 @@
 //! computes) → either [`losses`] and [`training`] (`fit`), or [`metrics`],
 //! [`diagnose`], [`sts`] and [`report`] → [`output`] (embedding files, model
 //! folders). [`inference`]'s [`Embedder`] ties the inference
-//! path together.
+//! path together; [`embed`] runs it over a file of any size, chunk by chunk.
 
 pub mod dense;
 pub mod device;
 pub mod diagnose;
+pub mod embed;
 pub mod error;
 pub mod inference;
 pub mod kernels;

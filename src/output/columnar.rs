@@ -1,47 +1,37 @@
-use std::io::Write;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use crate::error::{Error, Result};
 use crate::inference::Embeddings;
 
-/// Columns `text` (Utf8) and `embedding` (FixedSizeList<Float32>).
-fn record_batch(texts: &[String], embeddings: &Embeddings) -> Result<RecordBatch, String> {
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
-    let values = Float32Array::from(embeddings.data.clone());
-    let list = FixedSizeListArray::try_new(item, embeddings.dim as i32, Arc::new(values), None)
-        .map_err(|e| e.to_string())?;
-    let schema = Schema::new(vec![
+fn item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Float32, false))
+}
+
+/// Columns `text` (Utf8) and `embedding` (FixedSizeList<Float32> of `dim`).
+pub(super) fn schema(dim: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
         Field::new("text", DataType::Utf8, false),
-        Field::new("embedding", list.data_type().clone(), false),
-    ]);
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(item(), dim as i32),
+            false,
+        ),
+    ]))
+}
+
+/// One record batch of [`schema`].
+pub(super) fn record_batch(texts: &[String], embeddings: &Embeddings) -> Result<RecordBatch> {
+    let arrow_error = |e: arrow::error::ArrowError| Error::Invalid(e.to_string());
+    let values = Float32Array::from(embeddings.data.clone());
+    let list = FixedSizeListArray::try_new(item(), embeddings.dim as i32, Arc::new(values), None)
+        .map_err(arrow_error)?;
     let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(texts.to_vec())), Arc::new(list)];
-    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| e.to_string())
-}
-
-pub(super) fn write_parquet(
-    out: &mut (impl Write + Send),
-    texts: &[String],
-    embeddings: &Embeddings,
-) -> Result<(), String> {
-    let batch = record_batch(texts, embeddings)?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(out, batch.schema(), None)
-        .map_err(|e| e.to_string())?;
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.close().map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-pub(super) fn write_arrow(
-    out: &mut impl Write,
-    texts: &[String],
-    embeddings: &Embeddings,
-) -> Result<(), String> {
-    let batch = record_batch(texts, embeddings)?;
-    let mut writer =
-        arrow::ipc::writer::FileWriter::try_new(out, &batch.schema()).map_err(|e| e.to_string())?;
-    writer.write(&batch).map_err(|e| e.to_string())?;
-    writer.finish().map_err(|e| e.to_string())?;
-    Ok(())
+    debug_assert_eq!(
+        columns[1].data_type(),
+        schema(embeddings.dim).field(1).data_type()
+    );
+    RecordBatch::try_new(schema(embeddings.dim), columns).map_err(arrow_error)
 }

@@ -5,14 +5,18 @@
 
 mod atomic;
 mod columnar;
+pub(crate) mod lock;
 pub mod model_folder;
 mod npy;
+pub mod partial;
+pub(crate) mod resume;
+mod writer;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub(crate) use atomic::check_parent;
 pub use atomic::{AtomicFile, Finished, TempPath, remove_temporaries};
+pub use writer::EmbeddingWriter;
 
 use crate::error::{Error, Result};
 use crate::inference::Embeddings;
@@ -99,44 +103,10 @@ pub fn check_not_input(out: &Path, flag: &str, input: &Path) -> Result<()> {
     ))
 }
 
-/// Writes `texts` and their embeddings (same order) to `path`.
+/// Writes `texts` and their embeddings (same order) to `path` at once:
+/// an [`EmbeddingWriter`] with one chunk.
 pub fn write_embeddings(path: &Path, texts: &[String], embeddings: &Embeddings) -> Result<()> {
-    if texts.len() != embeddings.len() {
-        return Err(Error::Invalid(format!(
-            "{} texts but {} embeddings",
-            texts.len(),
-            embeddings.len()
-        )));
-    }
-    let format = OutputFormat::from_path(path)?;
-    let mut file = AtomicFile::create(path)?;
-    match format {
-        OutputFormat::Jsonl => {
-            write_jsonl(&mut file, texts, embeddings).map_err(|e| Error::io(path, e))?
-        }
-        OutputFormat::Npy => npy::write(&mut file, embeddings).map_err(|e| Error::io(path, e))?,
-        OutputFormat::Parquet => columnar::write_parquet(&mut file, texts, embeddings)
-            .map_err(|e| Error::data(path, e))?,
-        OutputFormat::Arrow => {
-            columnar::write_arrow(&mut file, texts, embeddings).map_err(|e| Error::data(path, e))?
-        }
-    }
-    file.commit()
-}
-
-fn write_jsonl(
-    out: &mut impl Write,
-    texts: &[String],
-    embeddings: &Embeddings,
-) -> std::io::Result<()> {
-    #[derive(serde::Serialize)]
-    struct Row<'a> {
-        text: &'a str,
-        embedding: &'a [f32],
-    }
-    for (text, embedding) in texts.iter().zip(embeddings.rows()) {
-        serde_json::to_writer(&mut *out, &Row { text, embedding })?;
-        out.write_all(b"\n")?;
-    }
-    Ok(())
+    let mut writer = EmbeddingWriter::create(path, texts.len() as u64, embeddings.dim)?;
+    writer.write(texts, embeddings)?;
+    writer.finish()?.commit()
 }

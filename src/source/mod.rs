@@ -62,6 +62,15 @@ pub enum Item {
 }
 
 impl Item {
+    /// The text of this row: the empty text for an empty row, the
+    /// U+FFFD-decoded text for a line that is not UTF-8.
+    fn into_row_text(self) -> String {
+        match self {
+            Item::Text(t) | Item::InvalidUtf8(t) => t,
+            Item::Empty => String::new(),
+        }
+    }
+
     fn from_text(text: Option<&str>) -> Item {
         match text.map(str::trim) {
             Some(t) if !t.is_empty() => Item::Text(t.to_string()),
@@ -120,28 +129,65 @@ pub fn read_rows(path: &Path, column: &str) -> Result<Texts> {
 
 fn read(path: &Path, column: &str, every_row: bool) -> Result<Texts> {
     let mut out = Texts::default();
-    let mut any_text = false;
+    let mut counts = RowCount::default();
     for item in open(path, column)? {
-        let text = match item? {
-            Item::Text(t) => {
-                any_text = true;
-                Some(t)
-            }
-            Item::Empty => {
-                out.empty += 1;
-                every_row.then(String::new)
-            }
-            Item::InvalidUtf8(t) => {
-                out.invalid_utf8 += 1;
-                every_row.then_some(t)
-            }
-        };
-        out.texts.extend(text);
+        let item = item?;
+        counts.count(&item);
+        if every_row || matches!(item, Item::Text(_)) {
+            out.texts.push(item.into_row_text());
+        }
     }
-    if !any_text {
-        return Err(Error::data(path, "contains no text"));
-    }
+    counts.check(path)?;
+    out.invalid_utf8 = counts.invalid_utf8;
+    out.empty = counts.empty;
     Ok(out)
+}
+
+/// What a pass over a source found, row by row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCount {
+    pub rows: u64,
+    /// Rows whose text was empty or null.
+    pub empty: usize,
+    /// Lines that were not valid UTF-8.
+    pub invalid_utf8: usize,
+}
+
+impl RowCount {
+    fn count(&mut self, item: &Item) {
+        self.rows += 1;
+        match item {
+            Item::Text(_) => {}
+            Item::Empty => self.empty += 1,
+            Item::InvalidUtf8(_) => self.invalid_utf8 += 1,
+        }
+    }
+
+    /// An input with no (valid) text at all is an error.
+    fn check(&self, path: &Path) -> Result<()> {
+        if self.rows == (self.empty + self.invalid_utf8) as u64 {
+            return Err(Error::data(path, "contains no text"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path` once without keeping its texts: how many rows it has, how
+/// many are empty or not UTF-8. Every row is parsed, so a malformed input
+/// fails here, before any work. An input with no text is an error.
+pub fn count_rows(path: &Path, column: &str) -> Result<RowCount> {
+    let mut counts = RowCount::default();
+    for item in open(path, column)? {
+        counts.count(&item?);
+    }
+    counts.check(path)?;
+    Ok(counts)
+}
+
+/// The rows of `path` as texts, one per row (as [`read_rows`] gives them),
+/// streamed.
+pub fn rows(path: &Path, column: &str) -> Result<impl Iterator<Item = Result<String>>> {
+    Ok(open(path, column)?.map(|item| Ok(item?.into_row_text())))
 }
 
 /// The UTF-8 byte-order mark some editors put at the start of a file.

@@ -25,6 +25,7 @@ use crate::diagnose::{self, DiagnoseOptions, Diagnosis};
 use crate::error::{Error, Result};
 use crate::inference::{Embedder, EmbedderOptions};
 use crate::output::AtomicFile;
+use crate::output::lock::{self, LOCK};
 use crate::output::model_folder::{ModelFolder, check_pooling};
 use crate::pooling::Pooling;
 use crate::report::card;
@@ -89,8 +90,6 @@ pub enum FitOutcome {
 }
 
 const BEFORE: &str = "before.json";
-/// The advisory lock file of an output folder in use.
-const LOCK: &str = ".embedtune.lock";
 
 /// The output folder of a run, locked while the run lasts. The lock is
 /// the OS's (`flock`), so a process that dies releases it. A folder the
@@ -107,12 +106,9 @@ impl OutDir {
         if out.exists() && !out.is_dir() {
             return Err(Error::data(out, "exists and is not a folder"));
         }
-        let lock_path = out.join(LOCK);
         // A folder in use is refused as such, before anything else is said
         // about it.
-        if let Ok(existing) = std::fs::File::open(&lock_path) {
-            try_lock(&existing, out, &lock_path)?;
-        }
+        lock::check_free(out, out)?;
         let non_empty = out.is_dir()
             && std::fs::read_dir(out)
                 .map_err(|e| Error::io(out, e))?
@@ -129,13 +125,7 @@ impl OutDir {
         }
         let created = !out.exists();
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        try_lock(&lock, out, &lock_path)?;
+        let lock = lock::lock(out, out)?;
         let dir = OutDir {
             path: out.to_path_buf(),
             _lock: lock,
@@ -160,17 +150,6 @@ impl Drop for OutDir {
         if self.created {
             let _ = std::fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-/// Takes the advisory lock of the output folder `out`, or says it is busy.
-fn try_lock(file: &std::fs::File, out: &Path, lock_path: &Path) -> Result<()> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Busy {
-            path: out.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(lock_path, e)),
     }
 }
 

@@ -200,29 +200,6 @@ impl TrainConfig {
     }
 }
 
-/// The first setting of `now` that differs from what the checkpoint saved.
-fn check_resume(
-    saved: &std::collections::BTreeMap<String, String>,
-    now: &[(&'static str, String)],
-) -> Result<()> {
-    if saved.is_empty() {
-        return Err(Error::Invalid(
-            "--resume: the checkpoint records no settings (made by an older embedtune); start again with --overwrite".into(),
-        ));
-    }
-    for (name, value) in now {
-        let was = saved.get(*name).map_or("unset", String::as_str);
-        if was != value {
-            return Err(Error::ResumeMismatch {
-                setting: name.to_string(),
-                was: was.to_string(),
-                now: value.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Evaluation figures at a step.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalRecord {
@@ -317,7 +294,11 @@ impl<'a> Trainer<'a> {
                     checkpoint::checkpoints_dir(out).display()
                 ))
             })?;
-            check_resume(&ckpt.state.settings, &settings)?;
+            crate::output::resume::check_settings(
+                &ckpt.state.settings,
+                &settings,
+                "start again with --overwrite",
+            )?;
             load_weights(&vars, &ckpt.model_path(), embedder)?;
             optim.load(
                 &ckpt.optimizer_path(),
