@@ -101,13 +101,14 @@ fn diagnose(files: &[&Path], extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn assert_same(a: &Value, b: &Value) {
+/// Exact figures within `tol` relative, sampled ones identical.
+fn assert_same(a: &Value, b: &Value, tol: f64) {
     let exact = a["exact"].as_array().unwrap();
     assert_eq!(exact.len(), 5);
     for key in exact.iter().map(|k| k.as_str().unwrap()) {
         let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
         assert!(
-            (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+            (x - y).abs() <= tol * x.abs().max(y.abs()),
             "{key}: {x} vs {y}"
         );
     }
@@ -168,7 +169,7 @@ fn shards_in_any_order_and_saved_stats_give_the_single_file_result() {
     write_jsonl(&p("d.jsonl"), &rows[1900 * d..]);
     let shards = [p("c.arrow"), p("a.npy"), p("d.jsonl"), p("b.parquet")];
     let refs: Vec<&Path> = shards.iter().map(PathBuf::as_path).collect();
-    assert_same(&diagnose(&refs, &[]), &whole);
+    assert_same(&diagnose(&refs, &[]), &whole, 1e-12);
 
     // Partial statistics saved on two "machines" and merged on a third.
     let s1 = p("s1.stats");
@@ -197,7 +198,7 @@ fn shards_in_any_order_and_saved_stats_give_the_single_file_result() {
         String::from_utf8_lossy(&out.stderr)
     );
     let merged: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_same(&merged, &whole);
+    assert_same(&merged, &whole, 1e-12);
     let saved: Value = serde_json::from_slice(&std::fs::read(p("report.json")).unwrap()).unwrap();
     assert_eq!(saved, merged);
     for f in ["cosine_histogram.svg", "circle.svg"] {
@@ -285,4 +286,57 @@ fn bad_vector_inputs_give_clear_errors() {
         [e("ok.npy"), vec!["--stats".into(), s(&saved)]].concat(),
         "same options",
     );
+}
+
+/// What `embed` writes, in every format and in several chunks, reads back
+/// as the same vectors: the same figures from each file, and the pooled
+/// figures of `diagnose --model` on the same sentences.
+#[test]
+fn embed_outputs_read_back_as_the_model_diagnosis() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path());
+    let data = common::corpus(dir.path(), 120);
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let mut figures = Vec::new();
+    for ext in ["npy", "parquet", "arrow", "jsonl"] {
+        let out = dir.path().join(format!("e.{ext}"));
+        let o = embedtune(&[
+            "embed",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--out",
+            out.to_str().unwrap(),
+            "--chunk-size",
+            "50",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        figures.push(diagnose(&[&out], &[]));
+    }
+    // Chunked differently per format: the same up to f64 rounding, which
+    // the effective rank of this low-rank random model amplifies.
+    for f in &figures[1..] {
+        assert_same(f, &figures[0], 1e-9);
+    }
+    let o = embedtune(&["diagnose", "--model", m, "--data", d, "--format", "json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model_run: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(model_run["n"], figures[0]["n"]);
+    for key in [
+        "avg_cosine",
+        "mean_vector_norm",
+        "effective_rank",
+        "isoscore",
+        "uniformity",
+    ] {
+        let (x, y) = (
+            model_run[key].as_f64().unwrap(),
+            figures[0][key].as_f64().unwrap(),
+        );
+        assert!(
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()),
+            "{key}: {x} vs {y}"
+        );
+    }
 }

@@ -2,11 +2,11 @@
 //! of `diagnose`, in memory bounded by the dimension, whatever the number
 //! of vectors, and combinable across shards and machines.
 //!
-//! - **Exact** (f64 sums, merged by adding): `n`, Σ of the unit vectors
-//!   (average cosine, mean-vector norm), Σx and Σxxᵀ of the raw and of
-//!   the unit vectors (centered and uncentered spectra: top-1 variance
-//!   ratio, effective rank, IsoScore). Any split of the input merges to
-//!   the same sums, up to the order of f64 additions.
+//! - **Exact** (f64 moments over every vector, see [`Moments`]): `n`, the
+//!   mean and the centered sum of squares of the unit vectors (average
+//!   cosine, mean-vector norm, centered and uncentered spectra: top-1
+//!   variance ratio, effective rank) and of the raw vectors (IsoScore).
+//!   Any split of the input merges to the same moments, up to rounding.
 //! - **Sampled** (a reservoir of `reservoir` vectors): uniformity, the
 //!   cosine histogram and the S¹ circle angles. Each vector is keyed by a
 //!   hash of `(seed, its f32 bits)` and the smallest keys are kept (ties
@@ -262,14 +262,13 @@ impl VectorStats {
         })
     }
 
-    /// `(‖Σuᵢ‖² − Σ‖uᵢ‖²) / (n(n − 1))`: the mean cosine over distinct pairs
-    /// (Σ‖uᵢ‖² is the trace of Σuuᵀ; zero vectors count as orthogonal).
+    /// The mean cosine over distinct pairs, `(‖Σuᵢ‖² − Σ‖uᵢ‖²) / (n(n − 1))`,
+    /// which is `‖ū‖² − tr(Cov u) / (n − 1)` (zero vectors count as
+    /// orthogonal).
     fn avg_cosine(&self) -> f64 {
         let n = self.unit.n as f64;
-        let d = self.dim;
-        let total: f64 = self.unit.sum().iter().map(|v| v * v).sum();
-        let trace: f64 = (0..d).map(|i| self.unit.outer[i * d + i]).sum();
-        (total - trace) / (n * (n - 1.0))
+        let mean_sq: f64 = self.unit.mean.iter().map(|v| v * v).sum();
+        mean_sq - self.unit.total_variance() / (n - 1.0)
     }
 
     /// ‖mean of the unit vectors‖.
@@ -292,7 +291,7 @@ impl VectorStats {
         w.f64(self.opts.t);
         for m in [&self.raw, &self.unit] {
             w.u64(m.n);
-            m.sum.iter().chain(&m.outer).for_each(|v| w.f64(*v));
+            m.mean.iter().chain(&m.m2).for_each(|v| w.f64(*v));
         }
         let rows = self.sample.rows(self.dim);
         w.u64(rows.len() as u64);
@@ -320,8 +319,8 @@ impl VectorStats {
             .ok_or_else(|| Error::StatsFormat(format!("dimension {dim}")))?;
         for m in [&mut stats.raw, &mut stats.unit] {
             m.n = r.u64()?;
-            m.sum = r.f64s(dim)?;
-            m.outer = r.f64s(square)?;
+            m.mean = r.f64s(dim)?;
+            m.m2 = r.f64s(square)?;
         }
         let rows = r.usize()?;
         let values = rows
