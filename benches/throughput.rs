@@ -124,3 +124,16 @@ fn diagnose_metrics_10000x384(bencher: divan::Bencher) {
         )
     });
 }
+
+/// `diagnose --embeddings`' per-chunk work: the exact sums and the
+/// reservoir over 10,000 × 384 vectors (no `finish`).
+#[divan::bench(sample_count = 3)]
+fn vector_stats_add_10000x384(bencher: divan::Bencher) {
+    use embedtune::diagnose::stats::{StatsOptions, VectorStats};
+    let e = random(10_000, 384);
+    bencher.bench(|| {
+        let mut s = VectorStats::new(384, StatsOptions::default());
+        s.add(&e.data).unwrap();
+        s.len()
+    });
+}

@@ -74,6 +74,18 @@ pub enum Error {
     #[error("{0}")]
     Undefined(String),
 
+    /// Vectors that cannot be used: ragged rows, a non-finite value, too few.
+    #[error("vectors: {0}")]
+    Vectors(String),
+
+    /// Partial statistics that cannot be merged (other dimension or options).
+    #[error("cannot merge statistics: {0}")]
+    StatsMismatch(String),
+
+    /// Bytes that are not statistics saved by embedtune.
+    #[error("not embedtune statistics: {0}")]
+    StatsFormat(String),
+
     /// Training produced a NaN or infinite loss.
     #[error("the loss became {0}")]
     NonFiniteLoss(f64),

@@ -15,15 +15,15 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
-use nalgebra::DMatrix;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::dense::Dense;
 use crate::device::DeviceSpec;
 use crate::diagnose::{self, DiagnoseOptions, Diagnosis};
 use crate::error::{Error, Result};
-use crate::inference::{Embedder, EmbedderOptions, Embeddings};
+use crate::inference::{Embedder, EmbedderOptions};
+pub use crate::metrics::Moments;
 use crate::metrics::Spectrum;
 use crate::output::model_folder::{ModelFolder, check_pooling, prepare_out_dir};
 use crate::pooling::Pooling;
@@ -53,71 +53,6 @@ impl Method {
             ),
         }
     }
-}
-
-/// Running sums of embeddings: count, Σx and Σxxᵀ, in f64. Two sets merge by
-/// adding their sums.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moments {
-    pub n: u64,
-    pub dim: usize,
-    sum: Vec<f64>,
-    /// Row-major `dim × dim`.
-    outer: Vec<f64>,
-}
-
-impl Moments {
-    pub fn new(dim: usize) -> Self {
-        Moments {
-            n: 0,
-            dim,
-            sum: vec![0.0; dim],
-            outer: vec![0.0; dim * dim],
-        }
-    }
-
-    /// Adds every row of `e` (its XᵀX through one f64 product).
-    pub fn add(&mut self, e: &Embeddings) -> Result<()> {
-        if e.dim != self.dim {
-            return Err(Error::Invalid(format!(
-                "embeddings of {} dimensions added to moments of {}",
-                e.dim, self.dim
-            )));
-        }
-        if e.is_empty() {
-            return Ok(());
-        }
-        let x =
-            Tensor::from_slice(&e.data, (e.len(), e.dim), &Device::Cpu)?.to_dtype(DType::F64)?;
-        let gram: Vec<f64> = x.t()?.matmul(&x)?.flatten_all()?.to_vec1()?;
-        let sum: Vec<f64> = x.sum(0)?.to_vec1()?;
-        add_into(&mut self.outer, &gram);
-        add_into(&mut self.sum, &sum);
-        self.n += e.len() as u64;
-        Ok(())
-    }
-
-    pub fn merge(&mut self, other: &Moments) {
-        add_into(&mut self.outer, &other.outer);
-        add_into(&mut self.sum, &other.sum);
-        self.n += other.n;
-    }
-
-    pub fn mean(&self) -> Vec<f64> {
-        let n = self.n.max(1) as f64;
-        self.sum.iter().map(|s| s / n).collect()
-    }
-
-    /// `E[xxᵀ] − μμᵀ` (the population covariance).
-    pub fn covariance(&self) -> DMatrix<f64> {
-        let (d, n) = (self.dim, self.n.max(1) as f64);
-        let mu = self.mean();
-        DMatrix::from_fn(d, d, |i, j| self.outer[i * d + j] / n - mu[i] * mu[j])
-    }
-}
-
-fn add_into(acc: &mut [f64], v: &[f64]) {
-    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
 }
 
 /// Checks `method` against the embedding dimension `d`; returns its K or D.
@@ -443,6 +378,7 @@ fn whiten_card(r: &WhitenReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::Embeddings;
 
     fn embeddings(rows: &[[f32; 3]]) -> Embeddings {
         Embeddings {

@@ -12,3 +12,13 @@ pub fn bar(total: u64, unit: &str) -> ProgressBar {
     }
     bar
 }
+
+/// A running count on stderr, for work of unknown size.
+pub fn counter(unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    let template = format!("{{spinner}} {{pos}} {unit} [{{elapsed_precise}}, {{per_sec}}]");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -6,12 +6,14 @@
 //! to [`EXACT_PAIRS_LIMIT`] sentences) or over a seeded sample of pairs.
 
 mod correlation;
+mod moments;
 mod pairs;
 mod spectrum;
 
 pub use correlation::{pearson, spearman};
+pub use moments::Moments;
 pub use pairs::{
     CosineHistogram, EXACT_PAIRS_LIMIT, PairStats, SAMPLED_PAIRS, alignment, avg_cosine,
-    mean_vector_norm, normalized, pair_distances, pair_stats,
+    mean_vector_norm, normalize_rows, normalized, pair_distances, pair_stats,
 };
 pub use spectrum::{Spectrum, effective_rank, isoscore, top1_variance_ratio};

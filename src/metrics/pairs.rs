@@ -13,13 +13,19 @@ pub const SAMPLED_PAIRS: usize = 2_000_000;
 /// Rows scaled to unit L2 norm (zero rows stay zero).
 pub fn normalized(e: &Embeddings) -> Embeddings {
     let mut data = e.data.clone();
-    data.par_chunks_mut(e.dim.max(1)).for_each(|row| {
+    normalize_rows(&mut data, e.dim);
+    Embeddings { dim: e.dim, data }
+}
+
+/// Scales each row of `dim` values to unit L2 norm in place (norm in f64;
+/// zero rows stay zero).
+pub fn normalize_rows(data: &mut [f32], dim: usize) {
+    data.par_chunks_mut(dim.max(1)).for_each(|row| {
         let norm = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         if norm > 0.0 {
             row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
         }
     });
-    Embeddings { dim: e.dim, data }
 }
 
 /// Sum of the rows, in f64.
@@ -211,7 +217,9 @@ fn exact_pairs(u: &Embeddings, t: f64, bins: usize) -> Result<(LogSumExp, Cosine
         let rows = BLOCK.min(n - start);
         let block = all.narrow(0, start, rows)?;
         let gram: Vec<f32> = block.matmul(&all.t()?)?.flatten_all()?.to_vec1()?;
-        let (l, h, p) = (0..rows)
+        // Collected in row order and folded sequentially: the same rows
+        // give the same bits, whatever threads ran them.
+        let per_row: Vec<(LogSumExp, CosineHistogram)> = (0..rows)
             .into_par_iter()
             .map(|r| {
                 let i = start + r;
@@ -222,18 +230,14 @@ fn exact_pairs(u: &Embeddings, t: f64, bins: usize) -> Result<(LogSumExp, Cosine
                     l.add(-t * (2.0 - 2.0 * c));
                     h.add(c);
                 }
-                (l, h, (n - i - 1) as u64)
+                (l, h)
             })
-            .reduce(
-                || (LogSumExp::EMPTY, CosineHistogram::new(bins), 0),
-                |(la, mut ha, pa), (lb, hb, pb)| {
-                    ha.merge(&hb);
-                    (la.merge(lb), ha, pa + pb)
-                },
-            );
-        lse = lse.merge(l);
-        hist.merge(&h);
-        pairs += p;
+            .collect();
+        for (r, (l, h)) in per_row.into_iter().enumerate() {
+            lse = lse.merge(l);
+            hist.merge(&h);
+            pairs += (n - start - r - 1) as u64;
+        }
     }
     Ok((lse, hist, pairs))
 }

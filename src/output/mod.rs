@@ -14,6 +14,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub(crate) use atomic::check_parent;
 pub use atomic::{AtomicFile, Finished, TempPath, remove_temporaries};
 pub use writer::EmbeddingWriter;
 

@@ -91,9 +91,10 @@ pub fn write(
     write_text(&dir.join("README.md"), card)
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+/// Writes `contents` to `path` atomically: the whole file or none.
+pub fn write_text(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
     let mut f = AtomicFile::create(path)?;
-    f.write_all(text.as_bytes())
+    f.write_all(contents.as_ref())
         .map_err(|e| Error::io(path, e))?;
     f.commit()
 }

@@ -9,6 +9,7 @@ use std::str::FromStr;
 pub use plots::write_plots;
 
 use crate::diagnose::Diagnosis;
+use crate::diagnose::stats::VectorDiagnosis;
 use crate::error::{Error, Result};
 use crate::sts::StsResult;
 
@@ -107,6 +108,70 @@ pub fn diagnosis(d: &Diagnosis, format: Format) -> Result<String> {
             }
             let _ = writeln!(s, "| per_layer_avg_cosine | {} |", layers_line(d));
             let _ = writeln!(s, "\n{}", d.verdict());
+        }
+    }
+    Ok(s)
+}
+
+/// The figures of saved vectors (`diagnose --embeddings`), each marked
+/// exact or sampled; those that need the model are listed as absent.
+pub fn vectors(source: &str, v: &VectorDiagnosis, format: Format) -> Result<String> {
+    let mut s = String::new();
+    let scalars = [
+        ("avg_cosine", v.avg_cosine),
+        ("uniformity", v.uniformity),
+        ("top1_variance_ratio", v.top1_variance_ratio),
+        ("effective_rank", v.effective_rank),
+        ("mean_vector_norm", v.mean_vector_norm),
+        ("isoscore", v.isoscore),
+    ];
+    let kind = |key: &str| {
+        if v.sampled.iter().any(|k| k == key) && !(v.pairs_exact) {
+            "sampled"
+        } else {
+            "exact"
+        }
+    };
+    let sample_note = if v.pairs_exact {
+        format!("every vector and pair ({} pairs)", v.pairs)
+    } else {
+        format!(
+            "a seeded sample of {} vectors (seed {}), {} pairs",
+            v.sample, v.seed, v.pairs
+        )
+    };
+    let absent = v.needs_model.join(", ");
+    let verdict = crate::diagnose::verdict(v.avg_cosine);
+    match format {
+        Format::Json => {
+            let mut value = serde_json::to_value(v).map_err(|e| Error::Invalid(e.to_string()))?;
+            value["source"] = source.into();
+            s = serde_json::to_string_pretty(&value).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        Format::Table => {
+            let _ = writeln!(s, "vectors  {source}");
+            let _ = writeln!(
+                s,
+                "         {} vectors of {} dimensions; sampled figures from {sample_note}\n",
+                v.n, v.dim
+            );
+            for (key, value) in scalars {
+                let _ = writeln!(s, "{key:<22}{value:>10.4}  {}", kind(key));
+            }
+            let _ = writeln!(s, "\nneed the model (absent): {absent}");
+            let _ = writeln!(s, "verdict: {verdict}");
+        }
+        Format::Markdown => {
+            let _ = writeln!(
+                s,
+                "**{source}** — {} vectors of {} dimensions; sampled figures from {sample_note}\n",
+                v.n, v.dim
+            );
+            let _ = writeln!(s, "| metric | value | |\n|---|---:|---|");
+            for (key, value) in scalars {
+                let _ = writeln!(s, "| {key} | {value:.4} | {} |", kind(key));
+            }
+            let _ = writeln!(s, "\nNeed the model (absent): {absent}.\n\n{verdict}");
         }
     }
     Ok(s)

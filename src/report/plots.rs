@@ -21,10 +21,11 @@ const KAPPA: f64 = 20.0;
 /// into `dir`, creating it if needed. Returns the files written.
 pub fn write_plots(dir: &Path, diagnoses: &[&Diagnosis]) -> Result<Vec<PathBuf>> {
     prepare_dir(dir)?;
-    let mut files = vec![
-        (dir.join("cosine_histogram.svg"), histogram(diagnoses)),
-        (dir.join("per_layer_avg_cosine.svg"), layers(diagnoses)),
-    ];
+    let mut files = vec![(dir.join("cosine_histogram.svg"), histogram(diagnoses))];
+    // Saved vectors have no layers.
+    if diagnoses.iter().any(|d| !d.per_layer_avg_cosine.is_empty()) {
+        files.push((dir.join("per_layer_avg_cosine.svg"), layers(diagnoses)));
+    }
     if diagnoses.iter().any(|d| !d.alignment_distances.is_empty()) {
         files.push((
             dir.join("alignment_histogram.svg"),
@@ -222,6 +223,9 @@ fn esc(s: &str) -> String {
 }
 
 fn label(d: &Diagnosis) -> String {
+    if d.pooling.is_empty() {
+        return format!("{}, avg cos {:.2}", d.model, d.avg_cosine);
+    }
     format!("{} ({}), avg cos {:.2}", d.model, d.pooling, d.avg_cosine)
 }
 

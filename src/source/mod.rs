@@ -7,6 +7,7 @@
 mod columnar;
 mod delimited;
 mod lines;
+pub mod vectors;
 
 use std::path::{Path, PathBuf};
 
@@ -25,12 +26,7 @@ pub enum TextFormat {
 
 impl TextFormat {
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
-        match ext.as_str() {
+        match extension(path).as_str() {
             "txt" | "text" => Ok(TextFormat::Txt),
             "jsonl" | "ndjson" => Ok(TextFormat::Jsonl),
             "csv" => Ok(TextFormat::Csv),
@@ -43,6 +39,14 @@ impl TextFormat {
             )),
         }
     }
+}
+
+/// The file extension of `path`, lowercase ("" if none).
+pub(crate) fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default()
 }
 
 /// One row of a text source.

@@ -3,19 +3,24 @@
 //! One eval pass over the probe gives the pooled embeddings (and, on the
 //! way, each layer's pooled vectors and a sample of token vectors); two
 //! seeded train-mode passes over a sample give the dropout alignment.
+//! The pooled-vector figures go through [`stats::VectorStats`], which also
+//! diagnoses saved vectors (`diagnose --embeddings`) at any scale.
+
+pub mod stats;
 
 use candle_core::{D, DType, Tensor};
 use serde::Serialize;
+use stats::{StatsOptions, VectorDiagnosis, VectorStats};
 
 use crate::error::{Error, Result};
 use crate::inference::{Embedder, Embeddings};
 use crate::layers::DropoutSeed;
-use crate::metrics::{self, CosineHistogram, Spectrum};
+use crate::metrics::{self, CosineHistogram};
 use crate::rng::Rng;
 
 /// About a thousand varied English sentences written for embedtune: the
 /// probe used when no data is given.
-pub const DEFAULT_PROBE: &str = include_str!("../data/probe_sentences.txt");
+pub const DEFAULT_PROBE: &str = include_str!("../../data/probe_sentences.txt");
 
 pub fn default_probe() -> Vec<String> {
     DEFAULT_PROBE
@@ -90,6 +95,34 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
+    /// The figures of saved vectors under `name`: those that need the
+    /// model (alignment, per layer, tokens) are NaN or empty, for the
+    /// caller to fill in or leave out.
+    pub fn of_vectors(v: VectorDiagnosis, name: &str) -> Self {
+        Diagnosis {
+            model: name.to_string(),
+            pooling: String::new(),
+            max_len: 0,
+            n: v.n as usize,
+            pairs: v.pairs,
+            pairs_exact: v.pairs_exact,
+            avg_cosine: v.avg_cosine,
+            uniformity: v.uniformity,
+            alignment: f64::NAN,
+            alignment_n: 0,
+            top1_variance_ratio: v.top1_variance_ratio,
+            effective_rank: v.effective_rank,
+            mean_vector_norm: v.mean_vector_norm,
+            isoscore: v.isoscore,
+            per_layer_avg_cosine: Vec::new(),
+            token_avg_cosine: f64::NAN,
+            token_samples: 0,
+            histogram: v.cosine_histogram,
+            circle_angles: v.circle_angles,
+            alignment_distances: Vec::new(),
+        }
+    }
+
     /// The same figures under another model name.
     pub fn named(mut self, name: &str) -> Self {
         self.model = name.to_string();
@@ -98,18 +131,18 @@ impl Diagnosis {
 
     /// One line in plain words.
     pub fn verdict(&self) -> String {
-        let c = self.avg_cosine;
-        if c >= 0.4 {
-            format!(
-                "narrow cone: average cosine {c:.2} — embeddings occupy a small cap of the sphere"
-            )
-        } else if c >= 0.15 {
-            format!(
-                "anisotropic: average cosine {c:.2} — embeddings lean towards a common direction"
-            )
-        } else {
-            format!("well spread: average cosine {c:.2} — embeddings use the sphere broadly")
-        }
+        verdict(self.avg_cosine)
+    }
+}
+
+/// One line in plain words on an average cosine `c`.
+pub fn verdict(c: f64) -> String {
+    if c >= 0.4 {
+        format!("narrow cone: average cosine {c:.2} — embeddings occupy a small cap of the sphere")
+    } else if c >= 0.15 {
+        format!("anisotropic: average cosine {c:.2} — embeddings lean towards a common direction")
+    } else {
+        format!("well spread: average cosine {c:.2} — embeddings use the sphere broadly")
     }
 }
 
@@ -128,40 +161,41 @@ pub fn diagnose(
         )));
     }
     let pass = eval_pass(embedder, &texts, opts, &mut rng)?;
-    let pooled = &pass.pooled;
-    let unit = metrics::normalized(pooled);
-    let pair_stats = metrics::pair_stats(pooled, 2.0, opts.histogram_bins, opts.seed)?;
-    let centered = Spectrum::of(&unit, true)?;
-    let raw = Spectrum::of(pooled, true)?;
-    let uncentered = Spectrum::of(&unit, false)?;
+    let mut pooled = VectorStats::new(
+        pass.pooled.dim,
+        StatsOptions {
+            seed: opts.seed,
+            histogram_bins: opts.histogram_bins,
+            ..StatsOptions::default()
+        },
+    );
+    pooled.add(&pass.pooled.data)?;
     let alignment_texts = sample(&texts, Some(opts.alignment_samples), &mut rng);
     let alignment_distances = if alignment_texts.is_empty() {
         Vec::new()
     } else {
         dropout_distances(embedder, &alignment_texts, opts.seed)?
     };
-    Ok(Diagnosis {
-        model: embedder.files().name.clone(),
-        pooling: embedder.pooling().to_string(),
-        max_len: embedder.max_len(),
-        n: texts.len(),
-        pairs: pair_stats.pairs,
-        pairs_exact: pair_stats.exact,
-        avg_cosine: metrics::avg_cosine(pooled)?,
-        uniformity: pair_stats.uniformity,
-        alignment: mean_square(&alignment_distances),
-        alignment_n: alignment_distances.len(),
-        top1_variance_ratio: metrics::top1_variance_ratio(&centered),
-        effective_rank: metrics::effective_rank(&centered),
-        mean_vector_norm: metrics::mean_vector_norm(pooled),
-        isoscore: metrics::isoscore(&raw),
-        per_layer_avg_cosine: pass.per_layer_avg_cosine(),
-        token_avg_cosine: pass.tokens.avg_cosine(),
-        token_samples: pass.tokens.count(),
-        histogram: pair_stats.histogram,
-        circle_angles: circle_angles(&unit, &uncentered),
-        alignment_distances,
-    })
+    let mut d = Diagnosis::of_vectors(pooled.finish()?, &embedder.files().name);
+    d.pooling = embedder.pooling().to_string();
+    d.max_len = embedder.max_len();
+    d.alignment = mean_square(&alignment_distances);
+    d.alignment_n = alignment_distances.len();
+    d.per_layer_avg_cosine = pass.per_layer_avg_cosine();
+    d.token_avg_cosine = pass.tokens.avg_cosine();
+    d.token_samples = pass.tokens.count();
+    d.alignment_distances = alignment_distances;
+    Ok(d)
+}
+
+/// Checks, before any work, that a report or statistics file can be
+/// written at `path`.
+pub fn check_output(path: &std::path::Path) -> Result<()> {
+    crate::output::check_parent(path)?;
+    if path.is_dir() {
+        return Err(Error::data(path, "is a folder, expected a file name"));
+    }
+    Ok(())
 }
 
 fn sample(texts: &[String], max: Option<usize>, rng: &mut Rng) -> Vec<String> {
@@ -332,18 +366,4 @@ pub fn dropout_distances(embedder: &Embedder, texts: &[String], seed: u64) -> Re
 
 fn mean_square(v: &[f64]) -> f64 {
     v.iter().map(|d| d * d).sum::<f64>() / v.len().max(1) as f64
-}
-
-/// Angles of the unit rows projected onto the top two principal directions
-/// of their (uncentered) second moment, so a shared offset — the cone —
-/// stays visible as a narrow arc.
-fn circle_angles(unit: &Embeddings, uncentered: &Spectrum) -> Vec<f64> {
-    let (p1, p2) = (&uncentered.eigenvectors[0], &uncentered.eigenvectors[1]);
-    unit.rows()
-        .map(|r| {
-            let a: f64 = r.iter().zip(p1).map(|(x, y)| *x as f64 * y).sum();
-            let b: f64 = r.iter().zip(p2).map(|(x, y)| *x as f64 * y).sum();
-            b.atan2(a)
-        })
-        .collect()
 }
