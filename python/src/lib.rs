@@ -267,7 +267,7 @@ impl VectorStats {
 
     /// Adds rows given as little-endian float32 bytes, row-major.
     fn add(&mut self, py: Python<'_>, rows: &[u8]) -> PyResult<()> {
-        if rows.len() % 4 != 0 {
+        if !rows.len().is_multiple_of(4) {
             return Err(EmbedtuneError::new_err(format!(
                 "{} bytes are not a whole number of float32 values",
                 rows.len()

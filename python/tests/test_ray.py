@@ -37,7 +37,7 @@ def parquet_dir(sentences, tmp_path_factory):
 def embedded(cluster, model, parquet_dir, tmp_path_factory):
     """The corpus embedded by 2 actors and written to Parquet, read back."""
     out = tmp_path_factory.mktemp("embedded")
-    ds = ray.data.read_parquet(str(parquet_dir), override_num_blocks=4)
+    ds = ray.data.read_parquet(str(parquet_dir)).repartition(4)
     # Half a CPU each leaves one of the two for the read and write tasks.
     ds = et_ray.embed(ds, model, workers=2, cpus_per_worker=0.5, batch_size=64)
     ds.write_parquet(str(out))
