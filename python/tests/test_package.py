@@ -2,6 +2,8 @@
 GIL released, clear errors."""
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -70,6 +72,20 @@ def test_gil_released_during_encode(embedder, sentences):
         gap = np.diff([start, *during, end]).max()
         # Held for the whole call, the thread would stop for its full length.
         assert gap < 0.25, f"the thread stalled {gap:.2f} s of a {end - start:.2f} s encode"
+
+
+def test_ctrl_c_interrupts_encode(model, sentences):
+    """SIGINT during a long encode raises KeyboardInterrupt at the next batch."""
+    embedder = embedtune.Embedder(model, batch_size=4)
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        embedder.encode(sentences * 8)
+    took = time.perf_counter() - start
+    timer.join()
+    # The whole call takes tens of seconds here; a batch of 4, a fraction of one.
+    assert took < 3.0, f"stopped only after {took:.2f} s"
 
 
 def test_threads_share_one_embedder(embedder, sentences):
