@@ -300,17 +300,7 @@ fn embed_outputs_read_back_as_the_model_diagnosis() {
     let mut figures = Vec::new();
     for ext in ["npy", "parquet", "arrow", "jsonl"] {
         let out = dir.path().join(format!("e.{ext}"));
-        let o = embedtune(&[
-            "embed",
-            "--model",
-            m,
-            "--data",
-            d,
-            "--out",
-            out.to_str().unwrap(),
-            "--chunk-size",
-            "50",
-        ]);
+        let o = common::embed(&model, &data, &out, &["--chunk-size", "50"]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         figures.push(diagnose(&[&out], &[]));
     }

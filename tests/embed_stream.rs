@@ -7,21 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{assert_clean_error, corpus, embedtune, tiny_model};
-
-fn embed(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    embedtune(&args)
-}
+use common::{assert_clean_error, corpus, embed, tiny_model};
 
 /// Asserts two files are byte-identical, without printing their bytes.
 fn assert_same_bytes(a: &[u8], b: &[u8], what: &str) {

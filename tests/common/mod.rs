@@ -76,6 +76,21 @@ pub fn embedtune(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `embedtune embed --model MODEL --data DATA --out OUT EXTRA…`.
+pub fn embed(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    embedtune(&args)
+}
+
 /// Asserts a clean failure: non-zero exit, one line on stderr, no panic.
 pub fn assert_clean_error(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
