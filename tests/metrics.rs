@@ -154,3 +154,16 @@ fn too_few_points_are_errors() {
     assert!(avg_cosine(&one).is_err());
     assert!(pair_stats(&one, 2.0, 10, 0).is_err());
 }
+
+#[test]
+fn effective_rank_counts_rounding_level_eigenvalues_as_zero() {
+    let spectrum = |eigenvalues: Vec<f64>| Spectrum {
+        eigenvectors: vec![vec![0.0; eigenvalues.len()]; eigenvalues.len()],
+        eigenvalues,
+    };
+    // Two equal axes and a rounding residue (below d·ε·λ_max): exactly 2.
+    assert_eq!(effective_rank(&spectrum(vec![1.0, 1.0, 1e-17])), 2.0);
+    // A small but real third axis counts.
+    let r = effective_rank(&spectrum(vec![1.0, 1.0, 1e-6]));
+    assert!(r > 2.0 && r < 2.01, "{r}");
+}

@@ -78,8 +78,20 @@ pub fn top1_variance_ratio(s: &Spectrum) -> f64 {
 
 /// Roy & Vetterli's effective rank: `exp(H(p))` with `pᵢ = σᵢ / Σσ` the
 /// normalised singular values (σᵢ ∝ √λᵢ).
+///
+/// Eigenvalues at or below `d · ε · λ_max` (the rank tolerance of LAPACK
+/// and `numpy.linalg.matrix_rank`) are numerically zero and count as zero:
+/// their square roots (≈ 1e-9 here) are rounding noise that would
+/// otherwise shift the result in its ninth digit, differently for every
+/// way of computing the same moments.
 pub fn effective_rank(s: &Spectrum) -> f64 {
-    let sigma: Vec<f64> = s.eigenvalues.iter().map(|l| l.sqrt()).collect();
+    let max = s.eigenvalues.iter().copied().fold(0.0, f64::max);
+    let tolerance = max * s.eigenvalues.len() as f64 * f64::EPSILON;
+    let sigma: Vec<f64> = s
+        .eigenvalues
+        .iter()
+        .map(|&l| if l > tolerance { l.sqrt() } else { 0.0 })
+        .collect();
     let total: f64 = sigma.iter().sum();
     if total == 0.0 {
         return 1.0;
