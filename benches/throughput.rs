@@ -13,7 +13,7 @@ use embedtune::losses::{self, LossConfig};
 use embedtune::metrics::{self, Spectrum};
 use embedtune::rng::Rng;
 use embedtune::training::optim::{AdamW, AdamWParams};
-use embedtune::training::trainer::train_step;
+use embedtune::training::trainer::{Objective, train_step};
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Embeddings, Pooling};
 
 fn main() {
@@ -77,7 +77,7 @@ fn train_step_batch_64(bencher: divan::Bencher) {
                 &mut optim,
                 DropoutSeed::draw(&mut rng),
                 &texts,
-                &cfg,
+                &Objective::from(&cfg),
                 1e-5,
                 Some(1.0),
                 &mut |l| Ok(l),
@@ -101,7 +101,7 @@ fn losses_128x384(bencher: divan::Bencher) {
     let y = Tensor::from_slice(&e.data[128 * 384..], (128, 384), &Device::Cpu).unwrap();
     let cfg = LossConfig::combined();
     bencher.bench(|| {
-        losses::combined(&x, &y, &cfg)
+        losses::combined(&x, &y, None, &cfg)
             .unwrap()
             .total
             .to_scalar::<f32>()

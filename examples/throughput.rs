@@ -12,7 +12,7 @@ use embedtune::layers::DropoutSeed;
 use embedtune::losses::LossConfig;
 use embedtune::rng::Rng;
 use embedtune::training::optim::{AdamW, AdamWParams};
-use embedtune::training::trainer::train_step;
+use embedtune::training::trainer::{Objective, train_step};
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling, source};
 
 fn peak_rss_mib() -> f64 {
@@ -101,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             &mut optim,
             DropoutSeed::draw(&mut rng),
             &texts[..64],
-            &cfg,
+            &Objective::from(&cfg),
             1e-5,
             Some(1.0),
             &mut |l| Ok(l),
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                 &mut optim,
                 DropoutSeed::draw(&mut rng),
                 batch,
-                &cfg,
+                &Objective::from(&cfg),
                 1e-5,
                 Some(1.0),
                 &mut |l| Ok(l),

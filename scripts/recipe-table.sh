@@ -28,6 +28,8 @@ rows=(
   "au512|fit --loss align-uniform --batch-size 512 --mini-batch 64 --steps 25 --eval-every 0|align-uniform, B = 512 (cached, m = 64), 25 steps"
   "nce64|fit --loss infonce --batch-size 64 --steps 100 --eval-every 0|InfoNCE, B = 64, 100 steps"
   "nce512|fit --loss infonce --batch-size 512 --mini-batch 64 --steps 25 --eval-every 0|InfoNCE, B = 512 (cached, m = 64), 25 steps"
+  "guided64|fit --loss infonce --guide mean --batch-size 64 --steps 100 --eval-every 0|InfoNCE + the frozen model's mean-pooling similarities distilled (\`--guide mean\`), B = 64, 100 steps"
+  "guided-center|fit --recipe guided-center --eval-every 0|\`--recipe guided-center\` (InfoNCE + the guide, on batch-centred vectors, then the mean removed)"
   "recipe|fit --recipe infonce-center --eval-every 0|\`--recipe infonce-center\` (InfoNCE, then the mean removed)"
   "recipe-whiten|fit --recipe infonce-whiten --eval-every 0|\`--recipe infonce-whiten\` (InfoNCE, then whitening)"
 )

@@ -57,6 +57,34 @@ pub fn info_nce(x: &Tensor, y: &Tensor, tau: f64) -> Result<Tensor> {
     Ok((log_probs.mul(&eye)?.sum_all()? * (-1.0 / n as f64))?)
 }
 
+/// Listwise similarity distillation (ListNet, as in RankCSE, Liu et al.,
+/// ACL 2023): for each sentence i, the distribution over the *other*
+/// sentences j ≠ i of `softmax_j cos(xᵢ, yⱼ)/τ` is pulled towards the
+/// guide's `softmax_j cos(gᵢ, gⱼ)/τ` by `KL(guide ‖ student)`, averaged over
+/// rows. The diagonal is left out: which sentence is the positive is
+/// InfoNCE's business; this term teaches how similar the others are.
+pub fn rank_distill(x: &Tensor, y: &Tensor, guide: &Tensor, tau: f64) -> Result<Tensor> {
+    check_pair(x, y)?;
+    check_pair(x, guide)?;
+    let n = x.dim(0)?;
+    if n < 2 {
+        return Err(Error::Invalid(format!(
+            "similarity distillation needs at least 2 embeddings, got {n}"
+        )));
+    }
+    let off_diagonal = |sim: Tensor| -> Result<Tensor> {
+        let eye = Tensor::eye(n, sim.dtype(), sim.device())?;
+        Ok((sim + (eye * -1e4)?)?)
+    };
+    let g = l2_normalize(&guide.to_dtype(x.dtype())?.detach())?;
+    let target = off_diagonal((g.matmul(&g.t()?)? / tau)?)?;
+    let student = off_diagonal((l2_normalize(x)?.matmul(&l2_normalize(y)?.t()?)? / tau)?)?;
+    let log_p = candle_nn::ops::log_softmax(&target, D::Minus1)?;
+    let log_q = candle_nn::ops::log_softmax(&student, D::Minus1)?;
+    let kl = (log_p.exp()? * (log_p - log_q)?)?.sum_all()?;
+    Ok((kl / n as f64)?)
+}
+
 /// Which objective to train, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossConfig {
@@ -67,8 +95,17 @@ pub struct LossConfig {
     pub alpha: f64,
     /// Uniformity temperature.
     pub t: f64,
-    /// InfoNCE temperature.
+    /// InfoNCE temperature (also that of the guide's distillation).
     pub tau: f64,
+    /// Weight of [`rank_distill`] towards the guide's similarities (0 unless
+    /// `fit --guide` is given).
+    #[serde(default)]
+    pub w_guide: f64,
+    /// Subtract each view's batch mean before every term (`--center-batch`),
+    /// so training shapes the centred vectors a mean-removing Dense module
+    /// will give out.
+    #[serde(default)]
+    pub center: bool,
 }
 
 impl LossConfig {
@@ -81,6 +118,8 @@ impl LossConfig {
             alpha: 2.0,
             t: 2.0,
             tau: 0.05,
+            w_guide: 0.0,
+            center: false,
         }
     }
 
@@ -123,6 +162,7 @@ impl LossConfig {
             ("--w-align", self.w_align),
             ("--w-uniform", self.w_uniform),
             ("--w-infonce", self.w_info_nce),
+            ("--w-guide", self.w_guide),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::setting(
@@ -132,7 +172,7 @@ impl LossConfig {
                 ));
             }
         }
-        if self.w_align + self.w_uniform + self.w_info_nce == 0.0 {
+        if self.w_align + self.w_uniform + self.w_info_nce + self.w_guide == 0.0 {
             return Err(Error::Invalid(
                 "every loss weight is 0: nothing to train (give --w-align, --w-uniform or --w-infonce a positive weight)".into(),
             ));
@@ -149,11 +189,23 @@ pub struct LossParts {
     /// Mean of `uniform(x)` and `uniform(y)`, as in the reference.
     pub uniform: Tensor,
     pub info_nce: Option<Tensor>,
+    pub guide: Option<Tensor>,
 }
 
-/// `w_align·align + w_uniform·(uniform(x) + uniform(y))/2 + w_nce·info_nce`
-/// on two views `x`, `y` of the same sentences.
-pub fn combined(x: &Tensor, y: &Tensor, cfg: &LossConfig) -> Result<LossParts> {
+/// `w_align·align + w_uniform·(uniform(x) + uniform(y))/2 + w_nce·info_nce
+/// + w_guide·rank_distill` on two views `x`, `y` of the same sentences and,
+/// when `w_guide` is not 0, the `guide`'s vectors of those sentences.
+pub fn combined(
+    x: &Tensor,
+    y: &Tensor,
+    guide: Option<&Tensor>,
+    cfg: &LossConfig,
+) -> Result<LossParts> {
+    let (x, y) = if cfg.center {
+        (&center(x)?, &center(y)?)
+    } else {
+        (x, y)
+    };
     let a = align(x, y, cfg.alpha)?;
     let u = ((uniform(x, cfg.t)? + uniform(y, cfg.t)?)? * 0.5)?;
     let mut total = ((&a * cfg.w_align)? + (&u * cfg.w_uniform)?)?;
@@ -163,12 +215,27 @@ pub fn combined(x: &Tensor, y: &Tensor, cfg: &LossConfig) -> Result<LossParts> {
         total = (total + (&l * cfg.w_info_nce)?)?;
         nce = Some(l);
     }
+    let mut guided = None;
+    if cfg.w_guide != 0.0 {
+        let guide = guide.ok_or_else(|| {
+            Error::Invalid("the loss weighs a guide (--w-guide) but no guide vectors came".into())
+        })?;
+        let l = rank_distill(x, y, guide, cfg.tau)?;
+        total = (total + (&l * cfg.w_guide)?)?;
+        guided = Some(l);
+    }
     Ok(LossParts {
         total,
         align: a,
         uniform: u,
         info_nce: nce,
+        guide: guided,
     })
+}
+
+/// `x` minus its row mean (a differentiable part of the loss).
+fn center(x: &Tensor) -> Result<Tensor> {
+    Ok(x.broadcast_sub(&x.mean_keepdim(0)?)?)
 }
 
 fn check_pair(x: &Tensor, y: &Tensor) -> Result<()> {

@@ -296,7 +296,11 @@ fn one_adamw_step_matches_the_formula() {
 fn losses_and_their_gradients_agree_across_devices() {
     let x = random(&[8, 16], 21, &Device::Cpu);
     let y = (&x + (random(&[8, 16], 22, &Device::Cpu) * 0.3).unwrap()).unwrap();
-    let cfg = LossConfig::combined();
+    let guide = random(&[8, 16], 23, &Device::Cpu);
+    let cfg = LossConfig {
+        w_guide: 1.0,
+        ..LossConfig::combined()
+    };
     let run = |device: &Device| {
         let xv = Var::from_tensor(&x.to_device(device).unwrap()).unwrap();
         let yv = Var::from_tensor(&y.to_device(device).unwrap()).unwrap();
@@ -304,7 +308,8 @@ fn losses_and_their_gradients_agree_across_devices() {
             embedtune::pooling::l2_normalize(xv.as_tensor()).unwrap(),
             embedtune::pooling::l2_normalize(yv.as_tensor()).unwrap(),
         );
-        let parts = losses::combined(&xn, &yn, &cfg).unwrap();
+        let g = guide.to_device(device).unwrap();
+        let parts = losses::combined(&xn, &yn, Some(&g), &cfg).unwrap();
         let grads = parts.total.backward().unwrap();
         let value = parts.total.to_scalar::<f32>().unwrap();
         (value, to_cpu(grads.get(xv.as_tensor()).unwrap()))

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use common::{WORDS, assert_clean_error, corpus, embedtune, tiny_model};
 use embedtune::diagnose::{self, DiagnoseOptions};
+use embedtune::losses::LossConfig;
 use embedtune::rng::Rng;
 use embedtune::training::{
     self, CorpusOptions, FitJob, FitOutcome, Observer, Quiet, StepRecord, TrainConfig,
@@ -439,6 +440,97 @@ fn resume_refuses_changed_settings_naming_the_setting() {
         training::fit(&resumed, &mut Quiet).unwrap(),
         FitOutcome::Done(_)
     ));
+}
+
+#[test]
+fn a_guided_fit_distils_its_guide_and_resumes_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 200);
+    let out = dir.path().join("out");
+    let mut j = job(&model, &data, &out, 8);
+    j.train.loss = LossConfig {
+        w_guide: 2.0,
+        ..LossConfig::info_nce()
+    };
+    j.train.guide = Some(Pooling::Cls);
+    assert!(matches!(
+        training::fit(&j, &mut StopAt(4, 0)).unwrap(),
+        FitOutcome::Interrupted { step: 4, .. }
+    ));
+    let records = log(&out);
+    for r in &records {
+        let (nce, guide) = (
+            r["info_nce"].as_f64().unwrap(),
+            r["guide"].as_f64().unwrap(),
+        );
+        assert!(guide > 0.0 && guide.is_finite(), "{r}");
+        let total = r["loss"].as_f64().unwrap();
+        assert!(
+            (total - (nce + 2.0 * guide)).abs() < 1e-4 * total.abs().max(1.0),
+            "{r}"
+        );
+    }
+    // Leaving the guide out (or changing it) is a changed setting.
+    let unguided = FitJob {
+        train: TrainConfig {
+            loss: LossConfig::info_nce(),
+            guide: None,
+            ..j.train.clone()
+        },
+        resume: true,
+        ..j.clone()
+    };
+    let err = training::fit(&unguided, &mut Quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--guide was cls"), "{err}");
+    let other = FitJob {
+        train: TrainConfig {
+            guide: Some(Pooling::Max),
+            ..j.train.clone()
+        },
+        resume: true,
+        ..j.clone()
+    };
+    let err = training::fit(&other, &mut Quiet).err().unwrap().to_string();
+    assert!(
+        err.contains("--guide was cls") && err.contains("now max"),
+        "{err}"
+    );
+    let FitOutcome::Done(report) =
+        training::fit(&FitJob { resume: true, ..j }, &mut Quiet).unwrap()
+    else {
+        panic!("the guided run did not finish")
+    };
+    assert_eq!(report.config.guide, Some(Pooling::Cls));
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("distillation of the frozen base model's cls-pooling similarities"),
+        "{card}"
+    );
+}
+
+#[test]
+fn a_guide_needs_a_weight_and_a_weight_needs_a_guide() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (tiny_model(dir.path()), corpus(dir.path(), 100));
+    let mut j = job(&model, &data, &dir.path().join("out"), 2);
+    j.train.guide = Some(Pooling::Mean);
+    let err = training::fit(&j, &mut Quiet).err().unwrap().to_string();
+    assert!(
+        err.contains("--guide") && err.contains("weight of 0"),
+        "{err}"
+    );
+    j.train.guide = None;
+    j.train.loss.w_guide = 1.0;
+    let err = training::fit(&j, &mut Quiet).err().unwrap().to_string();
+    assert!(
+        err.contains("--w-guide") && err.contains("needs a guide"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! independently, and finite differences.
 
 use candle_core::{DType, Device, Tensor, Var};
-use embedtune::losses::{LossConfig, align, combined, info_nce, uniform};
+use embedtune::losses::{LossConfig, align, combined, info_nce, rank_distill, uniform};
 use embedtune::rng::Rng;
 
 fn t(rows: &[&[f64]]) -> Tensor {
@@ -120,22 +120,100 @@ fn match_reference_formulas_on_random_data() {
 }
 
 #[test]
+fn rank_distillation_is_the_kl_of_the_off_diagonal_rows() {
+    let (n, tau) = (5, 0.2);
+    let x: Vec<Vec<f64>> = random(n, 3, 11).iter().map(|r| unit(r)).collect();
+    let y: Vec<Vec<f64>> = random(n, 3, 12).iter().map(|r| unit(r)).collect();
+    let g: Vec<Vec<f64>> = random(n, 3, 13).iter().map(|r| unit(r)).collect();
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+    // Row i: softmax over j ≠ i of cos/τ, KL(guide ‖ student), mean over i.
+    let softmax_without = |i: usize, sim: &dyn Fn(usize) -> f64| -> Vec<(usize, f64)> {
+        let z: f64 = (0..n)
+            .filter(|&j| j != i)
+            .map(|j| (sim(j) / tau).exp())
+            .sum();
+        (0..n)
+            .filter(|&j| j != i)
+            .map(|j| (j, (sim(j) / tau).exp() / z))
+            .collect()
+    };
+    let mut reference = 0.0;
+    for i in 0..n {
+        let p = softmax_without(i, &|j| dot(&g[i], &g[j]));
+        let q = softmax_without(i, &|j| dot(&x[i], &y[j]));
+        reference += p
+            .iter()
+            .zip(&q)
+            .map(|((_, pj), (_, qj))| pj * (pj / qj).ln())
+            .sum::<f64>();
+    }
+    reference /= n as f64;
+    let got = scalar(rank_distill(&tensor(&x), &tensor(&y), &tensor(&g), tau).unwrap());
+    assert!((got - reference).abs() < 1e-9, "{got} vs {reference}");
+    // A student with the guide's similarities has nothing to learn.
+    let same = scalar(rank_distill(&tensor(&g), &tensor(&g), &tensor(&g), tau).unwrap());
+    assert!(same.abs() < 1e-12, "{same}");
+}
+
+#[test]
 fn combined_weights_the_parts() {
     let x = tensor(&random(6, 4, 3));
     let y = tensor(&random(6, 4, 4));
+    let g = tensor(&random(6, 4, 5));
     let cfg = LossConfig {
         w_align: 0.5,
         w_uniform: 2.0,
         w_info_nce: 0.25,
+        w_guide: 1.5,
         ..LossConfig::combined()
     };
-    let parts = combined(&x, &y, &cfg).unwrap();
+    let parts = combined(&x, &y, Some(&g), &cfg).unwrap();
     let u = (scalar(uniform(&x, 2.0).unwrap()) + scalar(uniform(&y, 2.0).unwrap())) / 2.0;
     let expected = 0.5 * scalar(align(&x, &y, 2.0).unwrap())
         + 2.0 * u
-        + 0.25 * scalar(info_nce(&x, &y, 0.05).unwrap());
+        + 0.25 * scalar(info_nce(&x, &y, 0.05).unwrap())
+        + 1.5 * scalar(rank_distill(&x, &y, &g, 0.05).unwrap());
     assert!((scalar(parts.total) - expected).abs() < 1e-9);
     assert!((scalar(parts.uniform) - u).abs() < 1e-12);
+    // A guide weight without guide vectors is an error, not a silent 0.
+    assert!(combined(&x, &y, None, &cfg).is_err());
+}
+
+#[test]
+fn a_centred_loss_is_the_loss_of_the_centred_views() {
+    let (x, y, g) = (
+        random(6, 4, 21),
+        random(6, 4, 22),
+        tensor(&random(6, 4, 23)),
+    );
+    let centred = |rows: &Vec<Vec<f64>>| -> Tensor {
+        let mean: Vec<f64> = (0..4)
+            .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / rows.len() as f64)
+            .collect();
+        let c: Vec<Vec<f64>> = rows
+            .iter()
+            .map(|r| r.iter().zip(&mean).map(|(v, m)| v - m).collect())
+            .collect();
+        tensor(&c)
+    };
+    let cfg = LossConfig {
+        w_guide: 0.5,
+        ..LossConfig::combined()
+    };
+    let plain = combined(&centred(&x), &centred(&y), Some(&g), &cfg).unwrap();
+    let cfg = LossConfig {
+        center: true,
+        ..cfg
+    };
+    let got = combined(&tensor(&x), &tensor(&y), Some(&g), &cfg).unwrap();
+    assert!((scalar(got.total) - scalar(plain.total)).abs() < 1e-12);
+    // Shifting every vector by the same offset changes nothing.
+    let shifted: Vec<Vec<f64>> = x
+        .iter()
+        .map(|r| r.iter().map(|v| v + 3.0).collect())
+        .collect();
+    let moved = combined(&tensor(&shifted), &tensor(&y), Some(&g), &cfg).unwrap();
+    assert!((scalar(moved.align) - scalar(plain.align)).abs() < 1e-9);
 }
 
 #[test]
@@ -149,9 +227,12 @@ fn gradients_match_finite_differences() {
         alpha: 2.0,
         t: 2.0,
         tau: 0.2,
+        w_guide: 0.7,
+        center: false,
     };
+    let g_rows = tensor(&random(5, 4, 7));
     let var = Var::from_tensor(&tensor(&x0)).unwrap();
-    let grads = combined(var.as_tensor(), &y, &cfg)
+    let grads = combined(var.as_tensor(), &y, Some(&g_rows), &cfg)
         .unwrap()
         .total
         .backward()
@@ -164,7 +245,9 @@ fn gradients_match_finite_differences() {
             up[i][j] += eps;
             let mut down = x0.clone();
             down[i][j] -= eps;
-            let f = |x: &Vec<Vec<f64>>| scalar(combined(&tensor(x), &y, &cfg).unwrap().total);
+            let f = |x: &Vec<Vec<f64>>| {
+                scalar(combined(&tensor(x), &y, Some(&g_rows), &cfg).unwrap().total)
+            };
             let numeric = (f(&up) - f(&down)) / (2.0 * eps);
             let rel = (numeric - g[i][j]).abs() / numeric.abs().max(g[i][j].abs()).max(1e-6);
             assert!(

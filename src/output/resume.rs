@@ -20,16 +20,22 @@ pub(crate) fn check_settings(
             "--resume: the stopped run records no settings (made by an older embedtune); {restart}"
         )));
     }
+    let mismatch = |setting: &str, was: &str, now: &str| Error::ResumeMismatch {
+        setting: setting.to_string(),
+        was: was.to_string(),
+        now: now.to_string(),
+        restart: restart.to_string(),
+    };
     for (name, value) in now {
         let was = saved.get(*name).map_or("unset", String::as_str);
         if was != value {
-            return Err(Error::ResumeMismatch {
-                setting: name.to_string(),
-                was: was.to_string(),
-                now: value.clone(),
-                restart: restart.to_string(),
-            });
+            return Err(mismatch(name, was, value));
         }
+    }
+    // A setting the stopped run had and this one lacks (an optional one,
+    // such as `fit --guide`, left out) differs too.
+    if let Some((name, was)) = saved.iter().find(|(k, _)| !now.iter().any(|(n, _)| n == k)) {
+        return Err(mismatch(name, was, "unset"));
     }
     Ok(())
 }

@@ -38,8 +38,8 @@ pub struct FitArgs {
     /// cls, mean or max [default: the model's pooling, else cls]
     #[arg(long)]
     pub pooling: Option<Pooling>,
-    /// A measured preset of loss, batch, steps, learning rate and post-hoc map (see the README): infonce-center, infonce-whiten.
-    #[arg(long, conflicts_with_all = ["loss", "w_align", "w_uniform", "w_infonce", "alpha", "t", "tau", "lr", "batch_size", "mini_batch", "steps", "epochs"])]
+    /// A measured preset of loss, batch, steps, learning rate and post-hoc map (see the README): guided-center, infonce-center, infonce-whiten.
+    #[arg(long, conflicts_with_all = ["loss", "w_align", "w_uniform", "w_infonce", "alpha", "t", "tau", "lr", "batch_size", "mini_batch", "steps", "epochs", "guide", "w_guide", "center_batch"])]
     pub recipe: Option<String>,
     #[arg(long, value_enum, default_value = "align-uniform")]
     pub loss: LossKind,
@@ -58,6 +58,15 @@ pub struct FitArgs {
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.05)]
     pub tau: f64,
+    /// Distil the similarities of a frozen copy of the starting model pooled this way (e.g. mean), added to --loss.
+    #[arg(long)]
+    pub guide: Option<Pooling>,
+    /// Weight of the guide's similarity distillation [default: 1 with --guide].
+    #[arg(long)]
+    pub w_guide: Option<f64>,
+    /// Subtract each view's batch mean before the loss (train the centred vectors; pair with a mean-removing Dense module).
+    #[arg(long)]
+    pub center_batch: bool,
     #[arg(long, default_value_t = 3e-5)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -192,6 +201,7 @@ impl FitArgs {
                 eval_every: self.eval_every,
                 save_every: self.save_every,
                 log_every: self.log_every,
+                guide: self.guide,
                 ..TrainConfig::default()
             },
             pooling: self.pooling,
@@ -211,6 +221,7 @@ impl FitArgs {
         job.train.batch_size = r.batch_size;
         job.train.mini_batch = r.mini_batch;
         job.train.steps = Some(r.steps);
+        job.train.guide = r.guide;
         job.post = r.post.map(|method| PostMap {
             method,
             samples: r.post_samples,
@@ -223,6 +234,10 @@ impl FitArgs {
             alpha: self.alpha,
             t: self.t,
             tau: self.tau,
+            w_guide: self
+                .w_guide
+                .unwrap_or(if self.guide.is_some() { 1.0 } else { 0.0 }),
+            center: self.center_batch,
             ..LossConfig::align_uniform()
         };
         let (a, u, n) = (self.w_align, self.w_uniform, self.w_infonce);
@@ -259,4 +274,50 @@ pub fn usage_line(e: &clap::Error) -> String {
         .map(str::trim)
         .collect();
     head.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::whiten::Method;
+
+    fn flags(extra: &[&str]) -> Result<FitArgs> {
+        let mut f = vec!["--model", "m", "--data", "d", "--out", "o"];
+        f.extend_from_slice(extra);
+        FitArgs::parse_flags(f)
+    }
+
+    #[test]
+    fn guided_center_sets_the_guide_the_centring_and_the_map() {
+        let (job, line) = flags(&["--recipe", "guided-center"])
+            .unwrap()
+            .job()
+            .unwrap();
+        let t = &job.train;
+        assert_eq!(t.guide, Some(Pooling::Mean));
+        assert!(t.loss.center && t.loss.w_guide == 1.0 && t.loss.w_info_nce == 1.0);
+        assert_eq!(t.loss.w_align + t.loss.w_uniform, 0.0);
+        assert_eq!((t.batch_size, t.steps, t.lr), (64, Some(100), 3e-5));
+        let post = job.post.unwrap();
+        assert_eq!(post.method, Method::Abtt { remove: 0 });
+        assert!(line.unwrap().starts_with("recipe guided-center"));
+        t.validate().unwrap();
+    }
+
+    #[test]
+    fn guide_flags_default_and_conflict() {
+        let (job, _) = flags(&["--loss", "infonce", "--guide", "mean", "--center-batch"])
+            .unwrap()
+            .job()
+            .unwrap();
+        assert_eq!(job.train.loss.w_guide, 1.0);
+        assert!(job.train.loss.center);
+        let (job, _) = flags(&["--loss", "infonce"]).unwrap().job().unwrap();
+        assert_eq!((job.train.guide, job.train.loss.w_guide), (None, 0.0));
+        let err = flags(&["--recipe", "guided-center", "--guide", "max"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--guide") && !err.contains('\n'), "{err}");
+    }
 }

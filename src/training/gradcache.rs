@@ -18,10 +18,9 @@ use candle_core::{Tensor, Var};
 use crate::error::{Error, Result};
 use crate::inference::Embedder;
 use crate::layers::DropoutSeed;
-use crate::losses::LossConfig;
 use crate::tokenize::{Batch, Encoded};
 use crate::training::trainer::{
-    StepGradients, backward_through_encoder, both_views, loss_and_parts,
+    Objective, StepGradients, backward_through_encoder, both_views, loss_and_parts,
 };
 
 /// The gradients of [`crate::training::trainer::gradients`] (the same
@@ -30,7 +29,7 @@ pub fn cached_gradients(
     embedder: &Embedder,
     dropout: DropoutSeed,
     texts: &[String],
-    loss_cfg: &LossConfig,
+    loss: &Objective,
     mini_batch: usize,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepGradients> {
@@ -55,7 +54,7 @@ pub fn cached_gradients(
     }
     let all = Var::from_tensor(&Tensor::cat(&pooled, 0)?)?;
     drop(pooled);
-    let (mut g, total) = loss_and_parts(all.as_tensor(), loss_cfg, adjust)?;
+    let (mut g, total) = loss_and_parts(all.as_tensor(), loss, adjust)?;
     let cached = total
         .backward()?
         .remove(all.as_tensor())

@@ -273,6 +273,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         (d, s)
     };
 
+    let guide = load_guide(job, obs)?;
     let started = std::time::Instant::now();
     let mut trainer = Trainer::new(
         &embedder,
@@ -282,6 +283,9 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         sts_pairs.clone(),
         job.resume,
     )?;
+    if let Some(g) = &guide {
+        trainer = trainer.with_guide(g);
+    }
     out_dir.keep();
     let steps = trainer.total_steps();
     if let Outcome::Interrupted { step } = trainer.run(obs)? {
@@ -389,7 +393,7 @@ fn model_card(r: &FitReport) -> String {
         r.data.display(),
         r.train_sentences,
         r.held_out_sentences,
-        loss_terms(&c.loss),
+        loss_terms(&c.loss, c.guide),
         r.pooling,
         r.max_len,
         c.batch_size,
@@ -418,7 +422,29 @@ fn model_card(r: &FitReport) -> String {
     s
 }
 
-fn loss_terms(l: &crate::losses::LossConfig) -> String {
+/// The frozen copy of the starting model that `--guide` names: its
+/// pooling, the run's maximum length and device, eval mode.
+fn load_guide(job: &FitJob, obs: &mut dyn Observer) -> Result<Option<Embedder>> {
+    let Some(pooling) = job.train.guide else {
+        return Ok(None);
+    };
+    obs.on_message(&format!(
+        "loading the guide: a frozen copy of the model with {pooling} pooling"
+    ));
+    let guide = Embedder::from_pretrained(
+        &job.model,
+        EmbedderOptions {
+            pooling: Some(pooling),
+            max_len: Some(job.max_len),
+            batch_size: job.train.mini_batch.unwrap_or(job.train.batch_size).max(32),
+            device: job.device,
+            ..EmbedderOptions::default()
+        },
+    )?;
+    Ok(Some(guide))
+}
+
+fn loss_terms(l: &crate::losses::LossConfig, guide: Option<Pooling>) -> String {
     let mut terms = Vec::new();
     if l.w_align != 0.0 {
         terms.push(format!("{} × align (α = {})", l.w_align, l.alpha));
@@ -429,7 +455,18 @@ fn loss_terms(l: &crate::losses::LossConfig) -> String {
     if l.w_info_nce != 0.0 {
         terms.push(format!("{} × InfoNCE (τ = {})", l.w_info_nce, l.tau));
     }
-    terms.join(" + ")
+    if let Some(p) = guide {
+        terms.push(format!(
+            "{} × distillation of the frozen base model's {p}-pooling similarities (τ = {})",
+            l.w_guide, l.tau
+        ));
+    }
+    let terms = terms.join(" + ");
+    if l.center {
+        format!("{terms}, on batch-centred vectors")
+    } else {
+        terms
+    }
 }
 
 fn loss_name(l: &crate::losses::LossConfig) -> &'static str {

@@ -14,6 +14,7 @@ use crate::inference::Embedder;
 use crate::layers::DropoutSeed;
 use crate::losses::{self, LossConfig};
 use crate::metrics;
+use crate::pooling::Pooling;
 use crate::rng::Rng;
 use crate::sts::{self, StsPair};
 use crate::tokenize::{Batch, Encoded};
@@ -44,6 +45,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Held-back sentences used for alignment/uniformity while training.
     pub eval_holdout: usize,
+    /// The pooling of the frozen starting model whose similarities the
+    /// loss's `w_guide` term distils (`--guide`).
+    pub guide: Option<Pooling>,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +67,7 @@ impl Default for TrainConfig {
             save_every: 100,
             log_every: 1,
             eval_holdout: 500,
+            guide: None,
         }
     }
 }
@@ -130,7 +135,19 @@ impl TrainConfig {
             }
             _ => {}
         }
-        self.loss.validate()
+        match (self.guide, self.loss.w_guide != 0.0) {
+            (Some(p), false) => Err(Error::setting(
+                "--guide",
+                p,
+                "is given a weight of 0 (--w-guide): give it a positive weight or leave --guide out",
+            )),
+            (None, true) => Err(Error::setting(
+                "--w-guide",
+                self.loss.w_guide,
+                "needs a guide: give --guide mean (or another pooling)",
+            )),
+            _ => self.loss.validate(),
+        }
     }
 
     /// Optimizer steps of the run on `train_len` sentences: `steps`, else
@@ -192,6 +209,13 @@ impl TrainConfig {
             ("--t", l.t.to_string()),
             ("--tau", l.tau.to_string()),
         ];
+        if let Some(p) = self.guide {
+            s.push(("--guide", p.to_string()));
+            s.push(("--w-guide", l.w_guide.to_string()));
+        }
+        if l.center {
+            s.push(("--center-batch", "true".into()));
+        }
         if let Some(pairs) = sts {
             s.push(("--eval-sts pairs", pairs.len().to_string()));
             s.push(("--eval-every", self.eval_every.to_string()));
@@ -219,6 +243,9 @@ pub struct StepRecord {
     pub uniform: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info_nce: Option<f64>,
+    /// The guide's distillation term, when the loss has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guide: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     pub sentences_per_s: f64,
@@ -256,6 +283,8 @@ pub enum Outcome {
 
 pub struct Trainer<'a> {
     embedder: &'a Embedder,
+    /// The frozen model whose similarities `w_guide` distils (`fit --guide`).
+    guide: Option<&'a Embedder>,
     corpus: &'a Corpus,
     cfg: TrainConfig,
     out: PathBuf,
@@ -325,6 +354,7 @@ impl<'a> Trainer<'a> {
         let log = open_log(out, state.step, resume)?;
         Ok(Trainer {
             embedder,
+            guide: None,
             corpus,
             cfg,
             out: out.to_path_buf(),
@@ -335,6 +365,13 @@ impl<'a> Trainer<'a> {
             sts,
             log,
         })
+    }
+
+    /// Distils `guide`'s similarities (the loss's `w_guide` term): a frozen
+    /// model that embeds each batch's sentences in eval mode.
+    pub fn with_guide(mut self, guide: &'a Embedder) -> Self {
+        self.guide = Some(guide);
+        self
     }
 
     pub fn total_steps(&self) -> usize {
@@ -426,9 +463,14 @@ impl<'a> Trainer<'a> {
         let dropout = DropoutSeed::draw(&mut self.state.dropout_rng);
         let adjust = &mut |loss| obs.adjust_loss(next, loss);
         let (e, cfg) = (self.embedder, &self.cfg);
+        let guide = guide_vectors(self.guide, texts, e.device())?;
+        let loss = Objective {
+            cfg: &cfg.loss,
+            guide: guide.as_ref(),
+        };
         let r = match cfg.mini_batch {
-            Some(m) => gradcache::cached_gradients(e, dropout, texts, &cfg.loss, m, adjust),
-            None => gradients(e, dropout, texts, &cfg.loss, adjust),
+            Some(m) => gradcache::cached_gradients(e, dropout, texts, &loss, m, adjust),
+            None => gradients(e, dropout, texts, &loss, adjust),
         }
         .and_then(|g| apply_gradients(&mut self.optim, g, lr, cfg.max_grad_norm))
         .map_err(|e| match e {
@@ -455,6 +497,7 @@ impl<'a> Trainer<'a> {
             align: r.align,
             uniform: r.uniform,
             info_nce: r.info_nce,
+            guide: r.guide,
             lr,
             grad_norm: r.grad_norm,
             sentences_per_s: 0.0,
@@ -543,6 +586,7 @@ pub struct StepResult {
     pub align: f64,
     pub uniform: f64,
     pub info_nce: Option<f64>,
+    pub guide: Option<f64>,
     pub grad_norm: f64,
 }
 
@@ -557,12 +601,12 @@ pub fn train_step(
     optim: &mut AdamW,
     dropout: DropoutSeed,
     texts: &[String],
-    loss_cfg: &LossConfig,
+    loss: &Objective,
     lr: f64,
     max_grad_norm: Option<f64>,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepResult> {
-    let g = gradients(embedder, dropout, texts, loss_cfg, adjust)?;
+    let g = gradients(embedder, dropout, texts, loss, adjust)?;
     apply_gradients(optim, g, lr, max_grad_norm)
 }
 
@@ -574,6 +618,37 @@ pub struct StepGradients {
     pub align: f64,
     pub uniform: f64,
     pub info_nce: Option<f64>,
+    pub guide: Option<f64>,
+}
+
+/// What a step minimises: the loss settings and, when they weigh a guide,
+/// the guide's vectors of the step's sentences.
+#[derive(Clone, Copy)]
+pub struct Objective<'a> {
+    pub cfg: &'a LossConfig,
+    pub guide: Option<&'a Tensor>,
+}
+
+impl<'a> From<&'a LossConfig> for Objective<'a> {
+    fn from(cfg: &'a LossConfig) -> Self {
+        Objective { cfg, guide: None }
+    }
+}
+
+/// The frozen guide's (eval-mode) vectors of `texts`, `(B, d)`.
+pub fn guide_vectors(
+    guide: Option<&Embedder>,
+    texts: &[String],
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    let Some(g) = guide else { return Ok(None) };
+    let rows = g.embed(texts)?;
+    let flat: Vec<f32> = rows.concat();
+    Ok(Some(Tensor::from_vec(
+        flat,
+        (texts.len(), g.dim()),
+        device,
+    )?))
 }
 
 /// The gradients of [`train_step`]'s loss: both views in one forward and
@@ -582,7 +657,7 @@ pub fn gradients(
     embedder: &Embedder,
     dropout: DropoutSeed,
     texts: &[String],
-    loss_cfg: &LossConfig,
+    loss: &Objective,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepGradients> {
     let rows = both_views(embedder, texts)?;
@@ -590,7 +665,7 @@ pub fn gradients(
         .tokenizer()
         .pad(&rows, (0..rows.len()).collect(), embedder.device())?;
     let (grads, mut g) = backward_through_encoder(embedder, &batch, dropout, |pooled| {
-        loss_and_parts(pooled, loss_cfg, adjust).map(|(g, total)| (total, g))
+        loss_and_parts(pooled, loss, adjust).map(|(g, total)| (total, g))
     })?;
     g.grads = grads;
     Ok(g)
@@ -636,12 +711,12 @@ pub(crate) fn both_views(embedder: &Embedder, texts: &[String]) -> Result<Vec<En
 /// the gradients are left empty. A non-finite loss is an error.
 pub(crate) fn loss_and_parts(
     pooled: &Tensor,
-    loss_cfg: &LossConfig,
+    loss: &Objective,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<(StepGradients, Tensor)> {
     let b = pooled.dim(0)? / 2;
     let (x, y) = (pooled.narrow(0, 0, b)?, pooled.narrow(0, b, b)?);
-    let parts = losses::combined(&x, &y, loss_cfg)?;
+    let parts = losses::combined(&x, &y, loss.guide, loss.cfg)?;
     let total = adjust(parts.total)?;
     let loss = scalar(&total)?;
     if !loss.is_finite() {
@@ -653,6 +728,7 @@ pub(crate) fn loss_and_parts(
         align: scalar(&parts.align)?,
         uniform: scalar(&parts.uniform)?,
         info_nce: parts.info_nce.as_ref().map(scalar).transpose()?,
+        guide: parts.guide.as_ref().map(scalar).transpose()?,
     };
     Ok((g, total))
 }
@@ -671,6 +747,7 @@ pub fn apply_gradients(
         align: g.align,
         uniform: g.uniform,
         info_nce: g.info_nce,
+        guide: g.guide,
         grad_norm,
     })
 }
