@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_clean_error, embedtune, model_variant};
+use common::{assert_clean_error, embed, embedtune, model_variant};
 
 fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -179,15 +179,7 @@ fn non_utf8_lines_keep_their_row_and_are_reported() {
         b"Fine line.\n\xff\xfe broken\nAnother fine line.\n",
     );
     let out = dir.path().join("out.jsonl");
-    let o = embedtune(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = embed(&model, &data, &out, &[]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("1 line(s)"));
     let rows: Vec<String> = std::fs::read_to_string(out)
@@ -207,15 +199,7 @@ fn rows_stay_aligned_with_null_and_empty_rows() {
     let data = dir.path().join("in.parquet");
     common::write_parquet_texts(&data, &[Some("a cat runs"), None, Some("the dog")], None);
     let out = dir.path().join("out.jsonl");
-    let o = embedtune(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = embed(&model, &data, &out, &[]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(
@@ -449,15 +433,7 @@ fn existing_output_is_untouched_when_a_run_fails() {
     let dir = tempfile::tempdir().unwrap();
     let out = write(dir.path(), "out.jsonl", b"previous result\n");
     let empty = write(dir.path(), "empty.txt", b"\n");
-    let res = embedtune(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        empty.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let res = embed(&model, &empty, &out, &[]);
     assert!(!res.status.success());
     assert_eq!(std::fs::read(&out).unwrap(), b"previous result\n");
 }

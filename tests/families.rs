@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use common::{assert_clean_error, embedtune};
+use common::{assert_clean_error, embed, embedtune};
 use embedtune::layers::DropoutSeed;
 use embedtune::tokenize::Batch;
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling};
@@ -362,15 +362,7 @@ fn an_unsupported_family_is_one_clear_error() {
     );
     let data = tmp.path().join("in.txt");
     std::fs::write(&data, "A sentence.\n").unwrap();
-    let out = embedtune(&[
-        "embed",
-        "--model",
-        t5.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        tmp.path().join("out.npy").to_str().unwrap(),
-    ]);
+    let out = embed(&t5, &data, &tmp.path().join("out.npy"), &[]);
     assert_clean_error(&out, "unsupported model_type `t5`");
     let stderr = String::from_utf8_lossy(&out.stderr);
     for family in embedtune::models::SUPPORTED_MODEL_TYPES {
