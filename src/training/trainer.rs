@@ -642,11 +642,10 @@ pub fn guide_vectors(
     device: &candle_core::Device,
 ) -> Result<Option<Tensor>> {
     let Some(g) = guide else { return Ok(None) };
-    let rows = g.embed(texts)?;
-    let flat: Vec<f32> = rows.concat();
+    let e = g.embed_all(texts, &mut |_| {})?;
     Ok(Some(Tensor::from_vec(
-        flat,
-        (texts.len(), g.dim()),
+        e.data,
+        (texts.len(), e.dim),
         device,
     )?))
 }
