@@ -91,8 +91,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let (sentences, seconds) = if train {
         let steps: usize = rest.first().map_or(Ok(5), |s| s.parse())?;
-        let vars = embedder.model().weights.vars();
-        let mut optim = AdamW::new(&vars, AdamWParams::default())?;
+        let mut optim = AdamW::for_weights(&embedder.model().weights, AdamWParams::default())?;
         let cfg = LossConfig::align_uniform();
         // One warm-up step, not timed.
         let mut rng = Rng::new(0);

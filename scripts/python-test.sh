@@ -23,13 +23,25 @@ stamp="$venv/.embedtune-stamp"
 if [[ ! -f $stamp || "$(cat "$stamp")" != "${packages[*]}" ]]; then
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "${packages[@]}"
     echo "${packages[*]}" >"$stamp"
 fi
 t1=$SECONDS
 echo "python-test: venv took $((t1 - t0)) s"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+# The Python build shares the tests' compiled dependencies only while both
+# resolve the same features for them (see [build-dependencies] in
+# Cargo.toml); say so when a dependency change breaks that.
+features() {
+    cargo tree --quiet --locked --prefix none -f '{p} {f}' "$@" | sed 's/ (\*)$//' | sort -u
+}
+drift=$(comm -3 <(features -p embedtune-python -e normal,build) \
+    <(features -p embedtune -e normal,build,dev) | awk '{print $1}' | sort | uniq -d | paste -sd' ')
+if [[ -n $drift ]]; then
+    echo "python-test: the Python build resolves other features than cargo test for: $drift" >&2
+    echo "python-test: it compiles them and what depends on them again (see Cargo.toml)" >&2
+fi
 # The binary the tests compare against, as `cargo test` builds it (nothing
 # to do right after `cargo test`; `cargo build` would resolve other features
 # and compile the dependencies again).

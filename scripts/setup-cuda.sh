@@ -39,7 +39,7 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${pins[*]}" ]]; then
   mkdir -p "$dest"
   # Into a fresh folder, renamed when complete: an interrupted run leaves
   # nothing that looks installed.
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+  python3 -m pip install --quiet --disable-pip-version-check --no-cache-dir --root-user-action=ignore --no-deps \
     --only-binary=:all: --target "$dest/site-packages.tmp" "${pins[@]}"
   mv "$dest/site-packages.tmp" "$site"
   printf '%s' "${pins[*]}" > "$stamp"

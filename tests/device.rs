@@ -281,14 +281,50 @@ fn one_adamw_step_matches_the_formula() {
             .sqrt();
         assert!((norm - g_norm).abs() < 1e-5 * g_norm, "{device:?} norm");
         opt.step(&grads, lr, scale).unwrap();
-        let got: Vec<f32> = to_cpu(var.as_tensor())
-            .flatten_all()
+        let expect_want = |var: &Var, what: &str| {
+            let got: Vec<f32> = to_cpu(var.as_tensor())
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5,
+                    "{device:?} {what}[{k}]: {a} vs {b}"
+                );
+            }
+        };
+        expect_want(&var, "f32");
+
+        // Mixed precision: the loss sees a bf16 copy; its gradient updates
+        // the f32 master the same way (a first step is lr·sign(g), blind to
+        // the gradient's rounding), and the copy is the updated master
+        // rounded to bf16.
+        let master = Var::from_tensor(&theta0.to_device(&device).unwrap()).unwrap();
+        let copy = Var::from_tensor(&master.to_dtype(DType::BF16).unwrap()).unwrap();
+        let vars = HashMap::from([("w".to_string(), master.clone())]);
+        let copies = HashMap::from([("w".to_string(), copy.clone())]);
+        let mut opt = AdamW::new(&vars, p).unwrap().with_compute_copies(&copies);
+        let g = grad0
+            .to_device(&device)
             .unwrap()
-            .to_vec1()
+            .to_dtype(DType::BF16)
             .unwrap();
-        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert!((*a as f64 - b).abs() < 1e-5, "{device:?} [{k}]: {a} vs {b}");
-        }
+        let grads = (copy.as_tensor() * g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        opt.step(&grads, lr, scale).unwrap();
+        expect_want(&master, "bf16 copy");
+        let f32 = |t: &Tensor| to_cpu(&t.to_dtype(DType::F32).unwrap());
+        let rounded = f32(&master.to_dtype(DType::BF16).unwrap());
+        assert_eq!(
+            max_abs_diff(&f32(copy.as_tensor()), &rounded),
+            0.0,
+            "{device:?}: the copy follows the master"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{WORDS, assert_clean_error, corpus, embedtune, tiny_model};
 use embedtune::diagnose::{self, DiagnoseOptions};
 use embedtune::losses::LossConfig;
@@ -40,6 +40,7 @@ fn job(model: &Path, data: &Path, out: &Path, steps: usize) -> FitJob {
         pooling: Some(Pooling::Mean),
         max_len: 16,
         device: DeviceSpec::Cpu,
+        dtype: DType::F32,
         eval_sts: None,
         resume: false,
         overwrite: false,
@@ -61,6 +62,65 @@ fn weights(path: &Path) -> HashMap<String, Vec<f32>> {
         .into_iter()
         .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
         .collect()
+}
+
+/// bf16 and f16 compute keep f32 master weights: the loss falls as at f32,
+/// the saved weights are f32 and are not bf16/f16-rounded values (updates
+/// smaller than a half-precision step are kept), and a stopped run resumes.
+#[test]
+fn mixed_precision_trains_f32_master_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let data = corpus(dir.path(), 400);
+    for dtype in [DType::BF16, DType::F16] {
+        let out = dir.path().join(dtype.as_str());
+        let j = FitJob {
+            dtype,
+            ..job(&model, &data, &out, 16)
+        };
+        assert!(matches!(
+            training::fit(&j, &mut StopAt(8, 0)).unwrap(),
+            FitOutcome::Interrupted { step: 8, .. }
+        ));
+        let FitOutcome::Done(_) = training::fit(&FitJob { resume: true, ..j }, &mut Quiet).unwrap()
+        else {
+            panic!("interrupted")
+        };
+        let records = log(&out);
+        assert_eq!(records.len(), 16);
+        let losses: Vec<f64> = records
+            .iter()
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect();
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "{dtype:?}: {losses:?}"
+        );
+        let mean = |r: &[f64]| r.iter().sum::<f64>() / r.len() as f64;
+        let (first, last) = (mean(&losses[..4]), mean(&losses[12..]));
+        assert!(last < first - 0.05, "{dtype:?}: loss {first} → {last}");
+
+        // `weights` reads f32 tensors only: the saved model is f32.
+        let saved = weights(&out.join("model.safetensors"));
+        let base = weights(&model.join("model.safetensors"));
+        let name = "bert.encoder.layer.0.attention.self.query.weight";
+        let (w, w0) = (&saved[name], &base[name]);
+        assert_ne!(w, w0, "{dtype:?}: trained");
+        let half = Tensor::new(w.as_slice(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let off_grid = w.iter().zip(&half).filter(|(a, b)| a != b).count();
+        assert!(
+            off_grid > w.len() / 2,
+            "{dtype:?}: only {off_grid} of {} weights are not {dtype:?} values",
+            w.len()
+        );
+    }
 }
 
 #[test]
@@ -423,6 +483,14 @@ fn resume_refuses_changed_settings_naming_the_setting() {
                 ..j.clone()
             },
             "--holdout was 40",
+        ),
+        (
+            FitJob {
+                dtype: DType::BF16,
+                resume: true,
+                ..j.clone()
+            },
+            "--dtype was f32",
         ),
     ];
     for (job, needle) in changed {

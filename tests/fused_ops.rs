@@ -1,5 +1,5 @@
 //! The fused kernels equal candle's differentiable compositions, forward and
-//! backward, on random inputs.
+//! backward, on random inputs; so do the backward passes CUDA runs.
 
 use candle_core::{D, Device, Tensor, Var};
 use embedtune::layers::fused;
@@ -60,6 +60,13 @@ fn layer_norm_forward_and_backward_match_the_composition() {
             );
             assert!(d < 1e-5, "{name}: gradients differ by {d}");
         }
+        // The backward CUDA runs (candle ops), here on the CPU.
+        let (dx, dg, db) = fused::layer_norm_backward_composed(&x, &g, &w, 1e-12).unwrap();
+        assert_eq!(dx.dims(), x.dims());
+        for (name, v, d) in [("x", &x, dx), ("gamma", &g, dg), ("beta", &b, db)] {
+            let d = max_diff(&d, gs.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{name}: composed gradient differs by {d}");
+        }
     }
 }
 
@@ -78,6 +85,9 @@ fn softmax_forward_and_backward_match_the_composition() {
             gs.get(x.as_tensor()).unwrap()
         ) < 1e-5
     );
+    // The backward CUDA runs (candle ops), here on the CPU.
+    let composed = fused::softmax_backward_composed(&f, &w).unwrap();
+    assert!(max_diff(&composed, gs.get(x.as_tensor()).unwrap()) < 1e-5);
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{assert_clean_error, corpus, embedtune, tiny_model};
 use embedtune::training::{self, Corpus, CorpusOptions, FitJob, FitOutcome, Quiet, TrainConfig};
 use embedtune::whiten::{self, Method, Moments, Silent, WhitenJob};
@@ -215,6 +215,7 @@ fn fit_trains_through_a_frozen_dense_module() {
         pooling: None,
         max_len: 16,
         device: DeviceSpec::Cpu,
+        dtype: DType::F32,
         eval_sts: None,
         resume: false,
         overwrite: false,

@@ -7,15 +7,19 @@
 //! - the masks do not depend on how rows are batched, padded or split: a
 //!   batch encoded in chunks (gradient caching) drops exactly what the
 //!   whole batch drops;
-//! - the candle graph, the plain-CPU pass and a device kernel compute the
-//!   same masks independently, with no mask built on the host and copied;
+//! - the candle graph, the plain-CPU pass and the CUDA kernel
+//!   (`cuda/dropout.cu`) compute the same masks independently, with no mask
+//!   built on the host and copied (Metal, without a kernel, copies one);
+//! - no mask is kept for the backward pass: it is the same op applied to
+//!   the gradient;
 //! - a training run is reproducible from one `u64` per step.
 //!
 //! Rows are identified by [`crate::tokenize::Batch::indices`], positions by
 //! the token's index in its sequence, columns by the feature index (or, for
 //! attention probabilities, `head · 2¹⁶ + key position`).
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::rng::Rng;
@@ -82,23 +86,123 @@ pub fn keep_mask(
     t: usize,
     cols: usize,
 ) -> Vec<u8> {
-    use rayon::prelude::*;
     let threshold = keep_threshold(p);
     let mut mask = vec![0u8; rows.len() * groups * t * cols];
     mask.par_chunks_mut(groups * t * cols)
         .zip(rows.par_iter())
         .for_each(|(block, &row)| {
-            for (a, plane) in block.chunks_mut(t * cols).enumerate() {
-                for (i, line) in plane.chunks_mut(cols).enumerate() {
-                    let token = key.token(row as u64, i as u64);
-                    let base = (a as u64) << 16;
-                    for (c, m) in line.iter_mut().enumerate() {
-                        *m = (uniform_bits(token, base | c as u64) < threshold) as u8;
-                    }
-                }
-            }
+            for_each_keep(key, threshold, row as u64, t, cols, block, |m, keep| {
+                *m = keep as u8
+            })
         });
     mask
+}
+
+/// Calls `f` on each element of one row's `(groups, t, cols)` block with
+/// whether it is kept.
+fn for_each_keep<T>(
+    key: SiteKey,
+    threshold: u32,
+    row: u64,
+    t: usize,
+    cols: usize,
+    block: &mut [T],
+    mut f: impl FnMut(&mut T, bool),
+) {
+    for (a, plane) in block.chunks_mut(t * cols).enumerate() {
+        for (i, line) in plane.chunks_mut(cols).enumerate() {
+            let token = key.token(row, i as u64);
+            let base = (a as u64) << 16;
+            for (c, m) in line.iter_mut().enumerate() {
+                f(m, uniform_bits(token, base | c as u64) < threshold);
+            }
+        }
+    }
+}
+
+/// Dropout as one op: kept elements scaled by `1 / (1 − p)` (in f32), the
+/// rest zero. Its backward is itself applied to the gradient.
+#[derive(Clone)]
+struct DropoutOp {
+    key: SiteKey,
+    threshold: u32,
+    scale: f32,
+    rows: Vec<u64>,
+    groups: usize,
+    t: usize,
+    cols: usize,
+}
+
+impl DropoutOp {
+    fn cpu<T: WithDType>(&self, x: &[T], l: &Layout) -> candle_core::Result<Vec<T>> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("dropout input must be contiguous");
+        };
+        let mut out = x[start..end].to_vec();
+        let per_row = self.groups * self.t * self.cols;
+        out.par_chunks_mut(per_row)
+            .zip(self.rows.par_iter())
+            .for_each(|(block, &row)| {
+                for_each_keep(
+                    self.key,
+                    self.threshold,
+                    row,
+                    self.t,
+                    self.cols,
+                    block,
+                    |v, keep| {
+                        *v = if keep {
+                            T::from_f64(v.to_f64() * self.scale as f64)
+                        } else {
+                            T::zero()
+                        }
+                    },
+                )
+            });
+        Ok(out)
+    }
+}
+
+impl candle_core::CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "embedtune-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(self.cpu(x, l)?),
+            CpuStorage::F64(x) => CpuStorage::F64(self.cpu(x, l)?),
+            CpuStorage::BF16(x) => CpuStorage::BF16(self.cpu(x, l)?),
+            CpuStorage::F16(x) => CpuStorage::F16(self.cpu(x, l)?),
+            other => {
+                use candle_core::backend::BackendStorage;
+                candle_core::bail!("dropout: unsupported dtype {:?}", other.dtype())
+            }
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let launch = super::cuda::DropoutLaunch {
+            key: self.key.0,
+            threshold: self.threshold,
+            scale: self.scale,
+            rows: &self.rows,
+            groups: self.groups,
+            t: self.t,
+            cols: self.cols,
+        };
+        super::cuda::dropout(s, l, &launch)
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
 }
 
 /// Train-mode dropout for one forward pass: the seed and the batch's row
@@ -152,12 +256,29 @@ impl Dropout {
                 return Err(candle_core::Error::Msg(msg).into());
             }
         };
-        let mask = keep_mask(ctx.seed.site(site), self.p, ctx.rows, groups, t, cols);
-        debug_assert_eq!(ctx.rows.len(), b);
+        if ctx.rows.len() != b {
+            let msg = format!("dropout: {} row ids for {b} rows", ctx.rows.len());
+            return Err(candle_core::Error::Msg(msg).into());
+        }
+        let key = ctx.seed.site(site);
         let scale = 1.0 / (1.0 - self.p);
-        let mask: Vec<f32> = mask.into_iter().map(|k| k as f32 * scale).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok(x.mul(&mask)?)
+        if x.device().is_metal() {
+            // No kernel there: the mask is made here and copied.
+            let mask = keep_mask(key, self.p, ctx.rows, groups, t, cols);
+            let mask: Vec<f32> = mask.into_iter().map(|k| k as f32 * scale).collect();
+            let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+            return Ok(x.mul(&mask)?);
+        }
+        let op = DropoutOp {
+            key,
+            threshold: keep_threshold(self.p),
+            scale,
+            rows: ctx.rows.iter().map(|&r| r as u64).collect(),
+            groups,
+            t,
+            cols,
+        };
+        Ok(x.contiguous()?.apply_op1(op)?)
     }
 }
 
@@ -185,6 +306,39 @@ mod tests {
         let both = keep_mask(key, 0.3, &[5, 9], 1, 4, 16);
         let alone = keep_mask(key, 0.3, &[9], 1, 6, 16);
         assert_eq!(&both[4 * 16..], &alone[..4 * 16]);
+    }
+
+    /// The op (what the graph and CUDA run) keeps what `keep_mask` keeps,
+    /// scales by 1/(1 − p), and its gradient is the same mask.
+    #[test]
+    fn the_op_applies_keep_mask_forward_and_backward() {
+        use candle_core::{Device, Var};
+        let (rows, p) = ([4usize, 1, 7], 0.25f32);
+        let ctx = DropoutCtx {
+            seed: DropoutSeed(11),
+            rows: &rows,
+        };
+        let x = Var::from_tensor(
+            &Tensor::ones((3, 2, 5, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let y = Dropout::new(p as f64)
+            .forward(x.as_tensor(), Some(ctx), 4)
+            .unwrap();
+        let mask = keep_mask(DropoutSeed(11).site(4), p, &rows, 2, 5, 8);
+        let expect: Vec<f32> = mask.iter().map(|&k| k as f32 / (1.0 - p)).collect();
+        let got: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, expect);
+        let grads = (y * 3.0).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let expect: Vec<f32> = expect.iter().map(|v| v * 3.0).collect();
+        assert_eq!(g, expect);
     }
 
     #[test]

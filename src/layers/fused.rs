@@ -1,13 +1,16 @@
-//! Fused CPU kernels with their own backward pass, for the ops the training
-//! path runs most: LayerNorm and the attention softmax.
+//! Fused ops with their own backward pass, for the ops the training path
+//! runs most: LayerNorm, the attention softmax and GELU.
 //!
 //! candle's fused versions have no backward and its differentiable ones are
 //! compositions of many small ops, each a pass over memory and a node in the
 //! graph. These run in one pass (rows in parallel) and give exact gradients.
-//! They cover f32 on the CPU (the arithmetic is in [`crate::kernels`]);
-//! every other case takes candle's path, so each device keeps a correct
-//! fallback (`tests/fused_ops.rs` checks the kernels against the
-//! compositions, forward and backward).
+//! They cover f32 on the CPU (the arithmetic is in [`crate::kernels`]) and,
+//! for LayerNorm and softmax, on CUDA (the forward in one kernel, see
+//! [`super::cuda`]; the backward composed of candle's CUDA ops; GELU is
+//! candle's own there). bf16/f16 LayerNorm and softmax run in f32. Metal
+//! and other dtypes take candle's differentiable compositions
+//! (`tests/fused_ops.rs` and `tests/device.rs` check the ops against them,
+//! forward and backward).
 
 use candle_core::{CpuStorage, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -22,9 +25,27 @@ fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// Whether the fused LayerNorm and softmax have a forward for `t`.
+fn fused_f32(t: &Tensor) -> bool {
+    t.dtype() == DType::F32
+        && (t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda()))
+}
+
+/// bf16 and f16: the ops whose reductions lose most in half precision
+/// (LayerNorm's moments, softmax's sum) run in f32, as PyTorch's autocast
+/// runs them.
+fn is_half(t: &Tensor) -> bool {
+    matches!(t.dtype(), DType::BF16 | DType::F16)
+}
+
 /// Layer normalisation over the last dimension.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if cpu_f32(x) && cpu_f32(gamma) && cpu_f32(beta) {
+    if is_half(x) {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let y = layer_norm(&f32(x)?, &f32(gamma)?, &f32(beta)?, eps)?;
+        return Ok(y.to_dtype(x.dtype())?);
+    }
+    if fused_f32(x) && fused_f32(gamma) && fused_f32(beta) {
         return Ok(x
             .contiguous()?
             .apply_op3(gamma, beta, LayerNormOp { eps: eps as f32 })?);
@@ -43,7 +64,10 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if cpu_f32(x) {
+    if is_half(x) {
+        return Ok(softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
+    }
+    if fused_f32(x) {
         return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
     }
     if x.track_op() {
@@ -81,6 +105,19 @@ impl candle_core::CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -89,6 +126,10 @@ impl candle_core::CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !x.device().is_cpu() {
+            let (dx, dg, db) = layer_norm_backward_composed(x, gamma, grad, self.eps)?;
+            return Ok((Some(dx), Some(dg), Some(db)));
+        }
         let h = gamma.dim(0)?;
         let rows = x.elem_count() / h;
         // One pass gives all three gradients, packed as rows of one tensor:
@@ -103,6 +144,34 @@ impl candle_core::CustomOp3 for LayerNormOp {
         let db = packed.get(rows + 1)?;
         Ok((Some(dx), Some(dg), Some(db)))
     }
+}
+
+/// LayerNorm's gradients `(dx, dγ, dβ)` from candle ops, for devices
+/// without the fused backward (CUDA's backward): with `x̂ = (x − μ)/σ` and `u = γ ⊙ dy`,
+/// `dx = (u − mean(u) − x̂ ⊙ mean(u ⊙ x̂)) / σ`, `dγ = Σ dy ⊙ x̂`, `dβ = Σ dy`
+/// (sums over every row).
+pub fn layer_norm_backward_composed(
+    x: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+    eps: f32,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (shape, h) = (x.shape().clone(), gamma.dim(0)?);
+    let (x, dy) = (x.reshape(((), h))?, dy.reshape(((), h))?);
+    let centred = x.broadcast_sub(&x.mean_keepdim(1)?)?;
+    let inv_std = (centred.sqr()?.mean_keepdim(1)? + eps as f64)?
+        .sqrt()?
+        .recip()?;
+    let xhat = centred.broadcast_mul(&inv_std)?;
+    let u = dy.broadcast_mul(gamma)?;
+    let dx = u
+        .broadcast_sub(&u.mean_keepdim(1)?)?
+        .sub(&xhat.broadcast_mul(&(&u * &xhat)?.mean_keepdim(1)?)?)?
+        .broadcast_mul(&inv_std)?
+        .reshape(shape)?;
+    let dg = (&dy * &xhat)?.sum(0)?;
+    let db = dy.sum(0)?;
+    Ok((dx, dg, db))
 }
 
 struct LayerNormBwdOp {
@@ -151,11 +220,30 @@ impl candle_core::CustomOp1 for SoftmaxOp {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::softmax(s, l)
+    }
+
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !y.device().is_cpu() {
+            return Ok(Some(softmax_backward_composed(y, grad)?));
+        }
         Ok(Some(
             y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBwdOp)?,
         ))
     }
+}
+
+/// The softmax's gradient from candle ops, for devices without the fused
+/// backward: `dx = y ⊙ (dy − Σ dy ⊙ y)`.
+pub fn softmax_backward_composed(y: &Tensor, dy: &Tensor) -> candle_core::Result<Tensor> {
+    let dot = (dy * y)?.sum_keepdim(D::Minus1)?;
+    y * dy.broadcast_sub(&dot)?
 }
 
 struct SoftmaxBwdOp;

@@ -2,6 +2,8 @@
 //! path that training uses.
 
 mod activation;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod dropout;
 pub mod fused;
 mod layer_norm;

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -22,7 +23,14 @@ pub struct Weights {
     /// Set for a trainable load: every weight the model takes becomes a
     /// variable here, so an optimizer can update it.
     varmap: Option<VarMap>,
+    /// Mixed precision: the compute copies (in `compute_dtype`) of the
+    /// variables in `varmap`, which keep the storage dtype (f32) as master
+    /// weights. Empty when the two dtypes are the same.
+    copies: Mutex<HashMap<String, Var>>,
+    /// What the tensors are stored (and, for a trainable load, updated) in.
     dtype: DType,
+    /// What the model computes in (what [`WeightsView::get`] hands out).
+    compute_dtype: DType,
     device: Device,
 }
 
@@ -86,7 +94,9 @@ impl Weights {
             tensors,
             original_names,
             varmap: None,
+            copies: Mutex::default(),
             dtype,
+            compute_dtype: dtype,
             device: device.clone(),
         })
     }
@@ -94,6 +104,16 @@ impl Weights {
     /// Makes every weight handed out from now on a trainable variable.
     pub fn into_trainable(mut self) -> Self {
         self.varmap = Some(VarMap::new());
+        self
+    }
+
+    /// Hands weights out in `dtype` while keeping them stored in their own.
+    /// For a trainable load this is mixed precision: the variables stay
+    /// master weights in the storage dtype (what the optimizer updates and
+    /// checkpoints save), and the model computes with copies in `dtype`
+    /// ([`Weights::compute_copies`]).
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
         self
     }
 
@@ -111,8 +131,43 @@ impl Weights {
             .unwrap_or_default()
     }
 
+    /// The mixed-precision copies the model computes with, by canonical
+    /// name (empty unless the compute dtype differs from the storage dtype
+    /// of a trainable load). Their gradients are the master variables'.
+    pub fn compute_copies(&self) -> HashMap<String, Var> {
+        self.copies.lock().expect("copies lock").clone()
+    }
+
+    /// The variables the model's graph holds: the compute copies under mixed
+    /// precision, else the variables themselves. Gradients are keyed by these.
+    pub fn graph_vars(&self) -> HashMap<String, Var> {
+        let copies = self.compute_copies();
+        if copies.is_empty() {
+            self.vars()
+        } else {
+            copies
+        }
+    }
+
+    /// Sets every compute copy from its master variable (after the masters
+    /// were loaded or updated).
+    pub fn refresh_compute_copies(&self) -> Result<()> {
+        let vars = self.vars();
+        for (name, copy) in self.copies.lock().expect("copies lock").iter() {
+            copy.set(&vars[name].as_tensor().to_dtype(self.compute_dtype)?)?;
+        }
+        Ok(())
+    }
+
+    /// The dtype the tensors are stored in (f32 master weights under mixed
+    /// precision).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype the model computes in.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
     }
 
     pub fn device(&self) -> &Device {
@@ -175,21 +230,33 @@ impl Weights {
                 tensor.dims()
             )));
         }
-        match &self.varmap {
-            None => Ok(tensor.clone()),
-            Some(varmap) => {
-                let mut vars = varmap.data().lock().expect("varmap lock");
-                let var = match vars.get(name) {
-                    Some(var) => var.clone(),
-                    None => {
-                        let var = Var::from_tensor(tensor)?;
-                        vars.insert(name.to_string(), var.clone());
-                        var
-                    }
-                };
-                Ok(var.as_tensor().clone())
+        let Some(varmap) = &self.varmap else {
+            return Ok(tensor.to_dtype(self.compute_dtype)?);
+        };
+        let var = {
+            let mut vars = varmap.data().lock().expect("varmap lock");
+            match vars.get(name) {
+                Some(var) => var.clone(),
+                None => {
+                    let var = Var::from_tensor(tensor)?;
+                    vars.insert(name.to_string(), var.clone());
+                    var
+                }
             }
+        };
+        if self.compute_dtype == self.dtype {
+            return Ok(var.as_tensor().clone());
         }
+        let mut copies = self.copies.lock().expect("copies lock");
+        let copy = match copies.get(name) {
+            Some(copy) => copy.clone(),
+            None => {
+                let copy = Var::from_tensor(&var.as_tensor().to_dtype(self.compute_dtype)?)?;
+                copies.insert(name.to_string(), copy.clone());
+                copy
+            }
+        };
+        Ok(copy.as_tensor().clone())
     }
 }
 

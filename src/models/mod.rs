@@ -207,8 +207,10 @@ pub fn init_weights(
     params::init_table(&config.table(), seed, dtype, device)
 }
 
-/// Loads the encoder of `files`. A `trainable` load makes every weight a
-/// variable (see [`Weights::varmap`]); an immutable one tracks no gradients.
+/// Loads the encoder of `files`, computing in `dtype`. A `trainable` load
+/// makes every weight a variable (see [`Weights::varmap`]; with a bf16/f16
+/// `dtype` they are f32 and the encoder computes with copies, see
+/// [`Weights::compute_copies`]); an immutable one tracks no gradients.
 pub fn load_encoder(
     files: &ModelFiles,
     dtype: DType,
@@ -216,7 +218,12 @@ pub fn load_encoder(
     trainable: bool,
 ) -> Result<LoadedEncoder> {
     let config = ModelConfig::from_file(&files.config)?;
-    let weights = Weights::load(&files.weights, config.weight_prefixes(), dtype, device)?;
+    // Training in bf16/f16 keeps f32 master weights (mixed precision);
+    // otherwise the weights are converted once, on load.
+    let half = matches!(dtype, DType::BF16 | DType::F16);
+    let storage = if trainable && half { DType::F32 } else { dtype };
+    let weights = Weights::load(&files.weights, config.weight_prefixes(), storage, device)?
+        .with_compute_dtype(dtype);
     build_encoder(&config, weights, trainable)
 }
 

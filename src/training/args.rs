@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::DType;
 use clap::{Args, Parser, ValueEnum};
 
 use super::optim::AdamWParams;
@@ -112,6 +113,9 @@ pub struct FitArgs {
     /// auto, cpu, cuda, cuda:N or metal
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// Compute precision: f32, bf16 or f16 (bf16/f16: mixed precision, with f32 master weights and optimizer state; the saved model is f32)
+    #[arg(long, default_value = "f32", value_parser = crate::device::parse_dtype)]
+    pub dtype: DType,
 }
 
 /// How a corpus is read and split (`fit`, `whiten`).
@@ -207,6 +211,7 @@ impl FitArgs {
             pooling: self.pooling,
             max_len: self.max_len,
             device: self.device,
+            dtype: self.dtype,
             eval_sts: self.eval_sts.clone(),
             resume: self.resume,
             overwrite: self.overwrite,

@@ -13,7 +13,7 @@
 //!    gradients of the chunks add up to the whole batch's.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::inference::Embedder;
@@ -49,6 +49,7 @@ pub fn cached_gradients(
         pooled.push(
             embedder
                 .sentence_embeddings(&out, &batch.attention_mask)?
+                .to_dtype(DType::F32)?
                 .detach(),
         );
     }
@@ -60,7 +61,7 @@ pub fn cached_gradients(
         .remove(all.as_tensor())
         .ok_or_else(|| Error::Invalid("the loss does not depend on the embeddings".into()))?;
     // Pass 2: replay each chunk's masks and back-propagate its share.
-    let vars = embedder.model().weights.vars();
+    let vars = embedder.model().weights.graph_vars();
     for &(start, len) in &chunks {
         let batch = chunk(embedder, &rows, start, len)?;
         let grads = chunk_backward(embedder, &batch, dropout, &cached.narrow(0, start, len)?)?;
@@ -85,7 +86,6 @@ fn chunk_backward(
     upstream: &Tensor,
 ) -> Result<GradStore> {
     let (grads, ()) = backward_through_encoder(embedder, batch, dropout, |pooled| {
-        let upstream = upstream.to_dtype(pooled.dtype())?;
         Ok(((pooled * upstream)?.sum_all()?, ()))
     })?;
     Ok(grads)

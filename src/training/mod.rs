@@ -16,6 +16,7 @@ pub mod trainer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use candle_core::DType;
 use serde::Serialize;
 
 pub use data::{Corpus, CorpusOptions};
@@ -45,6 +46,9 @@ pub struct FitJob {
     pub pooling: Option<Pooling>,
     pub max_len: usize,
     pub device: DeviceSpec,
+    /// What the encoder computes in; bf16/f16 keep f32 master weights and
+    /// optimizer state (mixed precision).
+    pub dtype: DType,
     pub eval_sts: Option<PathBuf>,
     pub resume: bool,
     /// A map computed from the training sentences once training is done,
@@ -223,8 +227,8 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
             // stays bounded by --mini-batch when caching.
             batch_size: job.train.mini_batch.unwrap_or(job.train.batch_size).max(32),
             device: job.device,
+            dtype: job.dtype,
             trainable: true,
-            ..EmbedderOptions::default()
         },
     )?;
     check_pooling(embedder.pooling())?;
@@ -438,6 +442,7 @@ fn load_guide(job: &FitJob, obs: &mut dyn Observer) -> Result<Option<Embedder>> 
             max_len: Some(job.max_len),
             batch_size: job.train.mini_batch.unwrap_or(job.train.batch_size).max(32),
             device: job.device,
+            dtype: job.dtype,
             ..EmbedderOptions::default()
         },
     )?;

@@ -35,9 +35,63 @@ impl Default for AdamWParams {
 
 struct Slot {
     name: String,
+    /// The weight, in f32: what is updated and saved.
     var: Var,
+    /// Mixed precision: the bf16/f16 copy the model computes with. Its
+    /// gradient is the weight's, and it is set from the weight after each
+    /// update.
+    copy: Option<Var>,
     m: Tensor,
     v: Tensor,
+}
+
+impl Slot {
+    /// This weight's gradient, in the weight's dtype.
+    fn grad(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let key = self.copy.as_ref().unwrap_or(&self.var);
+        grads
+            .get(key.as_tensor())
+            .map(|g| Ok(g.to_dtype(self.var.dtype())?))
+            .transpose()
+    }
+
+    /// One AdamW update of this weight with gradient `g` (scaled by
+    /// `grad_scale`) and bias corrections `bc`.
+    fn update(
+        &mut self,
+        g: &Tensor,
+        p: AdamWParams,
+        lr: f64,
+        grad_scale: f64,
+        (bc1, bc2): (f64, f64),
+    ) -> Result<()> {
+        let theta = self.var.as_tensor();
+        if [theta, g, &self.m, &self.v].into_iter().all(is_cpu_f32) {
+            // In place, one pass over each buffer: the moments, then θ.
+            let moment = |beta, square| Moment {
+                beta,
+                grad_scale,
+                square,
+            };
+            self.m.inplace_op2(g, &moment(p.beta1, false))?;
+            self.v.inplace_op2(g, &moment(p.beta2, true))?;
+            theta.inplace_op3(&self.m, &self.v, &FusedUpdate { p, lr, bc1, bc2 })?;
+            return Ok(());
+        }
+        let g = (g * grad_scale)?;
+        self.m = ((&self.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
+        self.v = ((&self.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+        let m_hat = (&self.m / bc1)?;
+        let v_hat = (&self.v / bc2)?;
+        let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
+        let decayed = if p.weight_decay != 0.0 {
+            (theta * (1.0 - lr * p.weight_decay))?
+        } else {
+            theta.clone()
+        };
+        self.var.set(&(decayed - (update * lr)?)?)?;
+        Ok(())
+    }
 }
 
 pub struct AdamW {
@@ -61,6 +115,7 @@ impl AdamW {
                     m: var.zeros_like()?,
                     v: var.zeros_like()?,
                     var,
+                    copy: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -71,16 +126,32 @@ impl AdamW {
         })
     }
 
+    /// The optimizer of a model's trainable weights, its compute copies
+    /// (mixed precision) included.
+    pub fn for_weights(weights: &crate::layers::Weights, params: AdamWParams) -> Result<Self> {
+        Ok(Self::new(&weights.vars(), params)?.with_compute_copies(&weights.compute_copies()))
+    }
+
+    /// Mixed precision: the model computes with `copies` (by name) of the
+    /// variables; their gradients update the variables, and each copy is
+    /// set from its variable after every update.
+    pub fn with_compute_copies(mut self, copies: &HashMap<String, Var>) -> Self {
+        for slot in &mut self.slots {
+            slot.copy = copies.get(&slot.name).cloned();
+        }
+        self
+    }
+
     /// The global L2 norm of the gradients. Off the CPU the squares are
     /// summed on the device and read back once, not once per weight.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut host = 0f64;
         let mut on_device: Option<Tensor> = None;
         for slot in &self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+            let Some(g) = slot.grad(grads)? else {
                 continue;
             };
-            match cpu_sum_sq(g) {
+            match cpu_sum_sq(&g) {
                 Some(v) => host += v,
                 None => {
                     let s = g.to_dtype(DType::F64)?.sqr()?.sum_all()?;
@@ -106,44 +177,13 @@ impl AdamW {
         let bc1 = 1.0 - p.beta1.powi(self.t as i32);
         let bc2 = 1.0 - p.beta2.powi(self.t as i32);
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+            let Some(g) = slot.grad(grads)? else {
                 continue;
             };
-            let theta = slot.var.as_tensor();
-            if [theta, g, &slot.m, &slot.v].into_iter().all(is_cpu_f32) {
-                // In place, one pass over each buffer: the moments, then θ.
-                let update = FusedUpdate { p, lr, bc1, bc2 };
-                slot.m.inplace_op2(
-                    g,
-                    &Moment {
-                        beta: p.beta1,
-                        grad_scale,
-                        square: false,
-                    },
-                )?;
-                slot.v.inplace_op2(
-                    g,
-                    &Moment {
-                        beta: p.beta2,
-                        grad_scale,
-                        square: true,
-                    },
-                )?;
-                theta.inplace_op3(&slot.m, &slot.v, &update)?;
-                continue;
+            slot.update(&g, p, lr, grad_scale, (bc1, bc2))?;
+            if let Some(copy) = &slot.copy {
+                copy.set(&slot.var.as_tensor().to_dtype(copy.dtype())?)?;
             }
-            let g = (g * grad_scale)?;
-            slot.m = ((&slot.m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
-            slot.v = ((&slot.v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let m_hat = (&slot.m / bc1)?;
-            let v_hat = (&slot.v / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-            let decayed = if p.weight_decay != 0.0 {
-                (theta * (1.0 - lr * p.weight_decay))?
-            } else {
-                theta.clone()
-            };
-            slot.var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())
     }

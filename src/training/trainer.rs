@@ -181,6 +181,7 @@ impl TrainConfig {
             ("--model", embedder.files().name.clone()),
             ("--pooling", embedder.pooling().to_string()),
             ("--max-len", embedder.max_len().to_string()),
+            ("--dtype", embedder.dtype().as_str().to_string()),
             ("--data", corpus.source().display().to_string()),
             ("--column", c.column.clone()),
             ("--min-words", opt(c.min_words)),
@@ -216,6 +217,7 @@ impl TrainConfig {
         if l.center {
             s.push(("--center-batch", "true".into()));
         }
+
         if let Some(pairs) = sts {
             s.push(("--eval-sts pairs", pairs.len().to_string()));
             s.push(("--eval-every", self.eval_every.to_string()));
@@ -314,7 +316,7 @@ impl<'a> Trainer<'a> {
                 "the model was loaded for inference; load it with `trainable: true`".into(),
             ));
         }
-        let mut optim = AdamW::new(&vars, cfg.adamw)?;
+        let mut optim = AdamW::for_weights(&embedder.model().weights, cfg.adamw)?;
         let settings = cfg.settings(embedder, corpus, sts.as_deref());
         let state = if resume {
             let ckpt = checkpoint::latest(out)?.ok_or_else(|| {
@@ -690,7 +692,10 @@ pub(crate) fn backward_through_encoder<T>(
             &graph_output
         }
     };
-    let pooled = embedder.sentence_embeddings(output, &batch.attention_mask)?;
+    // Losses in f32 whatever the encoder computes in.
+    let pooled = embedder
+        .sentence_embeddings(output, &batch.attention_mask)?
+        .to_dtype(DType::F32)?;
     let (total, extra) = loss(&pooled)?;
     let mut grads = total.backward()?;
     if let Some(pass) = pass {
@@ -792,7 +797,7 @@ fn load_weights(
             .ok_or_else(|| Error::Weight(format!("{} has no weight `{name}`", path.display())))?;
         var.set(&t.to_dtype(var.dtype())?)?;
     }
-    Ok(())
+    embedder.model().weights.refresh_compute_copies()
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
