@@ -18,9 +18,7 @@ fn main() {
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    // One kernel file so far; a new one is one more name here.
-    let kernels = ["dropout"];
-    for kernel in kernels {
+    for kernel in ["adamw", "dropout"] {
         let src = format!("cuda/{kernel}.cu");
         println!("cargo::rerun-if-changed={src}");
         let ptx = out.join(format!("{kernel}.ptx"));

@@ -8,6 +8,8 @@
 //! folders). [`inference`]'s [`Embedder`] ties the inference
 //! path together; [`embed`] runs it over a file of any size, chunk by chunk.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod dense;
 pub mod device;
 pub mod diagnose;

@@ -100,6 +100,17 @@ fn mixed_precision_trains_f32_master_weights() {
         let (first, last) = (mean(&losses[..4]), mean(&losses[12..]));
         assert!(last < first - 0.05, "{dtype:?}: loss {first} → {last}");
 
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["dtype"], dtype.as_str());
+        let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+        let line = format!(
+            "| precision | {} compute, f32 master weights",
+            dtype.as_str()
+        );
+        assert!(card.contains(&line), "{card}");
+
         // `weights` reads f32 tensors only: the saved model is f32.
         let saved = weights(&out.join("model.safetensors"));
         let base = weights(&model.join("model.safetensors"));

@@ -188,7 +188,7 @@ impl candle_core::CustomOp1 for DropoutOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let launch = super::cuda::DropoutLaunch {
+        let launch = crate::cuda::DropoutLaunch {
             key: self.key.0,
             threshold: self.threshold,
             scale: self.scale,
@@ -197,7 +197,7 @@ impl candle_core::CustomOp1 for DropoutOp {
             t: self.t,
             cols: self.cols,
         };
-        super::cuda::dropout(s, l, &launch)
+        crate::cuda::dropout(s, l, &launch)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

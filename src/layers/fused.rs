@@ -6,7 +6,7 @@
 //! graph. These run in one pass (rows in parallel) and give exact gradients.
 //! They cover f32 on the CPU (the arithmetic is in [`crate::kernels`]) and,
 //! for LayerNorm and softmax, on CUDA (the forward in one kernel, see
-//! [`super::cuda`]; the backward composed of candle's CUDA ops; GELU is
+//! [`crate::cuda`]; the backward composed of candle's CUDA ops; GELU is
 //! candle's own there). bf16/f16 LayerNorm and softmax run in f32. Metal
 //! and other dtypes take candle's differentiable compositions
 //! (`tests/fused_ops.rs` and `tests/device.rs` check the ops against them,
@@ -115,7 +115,7 @@ impl candle_core::CustomOp3 for LayerNormOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+        crate::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
     }
 
     fn bwd(
@@ -226,7 +226,7 @@ impl candle_core::CustomOp1 for SoftmaxOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::softmax(s, l)
+        crate::cuda::softmax(s, l)
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {

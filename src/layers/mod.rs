@@ -2,8 +2,6 @@
 //! path that training uses.
 
 mod activation;
-#[cfg(feature = "cuda")]
-pub(crate) mod cuda;
 pub mod dropout;
 pub mod fused;
 mod layer_norm;

@@ -64,6 +64,9 @@ pub struct FitReport {
     pub data: PathBuf,
     pub pooling: String,
     pub max_len: usize,
+    /// What the encoder computed in (`f32`, or `bf16`/`f16` with f32 master
+    /// weights).
+    pub dtype: String,
     pub train_sentences: usize,
     pub held_out_sentences: usize,
     pub steps: usize,
@@ -329,6 +332,7 @@ pub fn fit(job: &FitJob, obs: &mut dyn Observer) -> Result<FitOutcome> {
         data: job.data.clone(),
         pooling: embedder.pooling().to_string(),
         max_len: embedder.max_len(),
+        dtype: embedder.dtype().as_str().to_string(),
         train_sentences: corpus.train_len,
         held_out_sentences: corpus.held_out.len(),
         steps,
@@ -388,11 +392,11 @@ fn model_card(r: &FitReport) -> String {
         &format!("Fine-tuned {}", r.base_model),
         &format!(
             "Fine-tuned with [embedtune](https://crates.io/crates/embedtune) on unlabeled sentences: each sentence encoded twice with dropout (unsupervised SimCSE positive pairs), trained on {}.",
-            loss_name(&c.loss)
+            loss_name(&c.loss, c.guide)
         ),
     );
     s += &format!(
-        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {} |\n| pooling | {} |\n| max length | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
+        "| setting | value |\n|---|---|\n| base model | {} |\n| data | {} ({} sentences, {} held back) |\n| loss | {} |\n| pooling | {} |\n| max length | {} |\n| precision | {} |\n| batch size | {} |\n| learning rate | {} (warm-up {:.0}% then linear decay), AdamW weight decay {} |\n| gradient clipping | {} |\n| steps | {} (saved weights of step {}) |\n| seed | {} |\n| training time | {:.0} s |\n\n",
         r.base_model,
         r.data.display(),
         r.train_sentences,
@@ -400,6 +404,7 @@ fn model_card(r: &FitReport) -> String {
         loss_terms(&c.loss, c.guide),
         r.pooling,
         r.max_len,
+        precision(&r.dtype),
         c.batch_size,
         c.lr,
         c.warmup_ratio * 100.0,
@@ -474,10 +479,24 @@ fn loss_terms(l: &crate::losses::LossConfig, guide: Option<Pooling>) -> String {
     }
 }
 
-fn loss_name(l: &crate::losses::LossConfig) -> &'static str {
-    match (l.w_info_nce != 0.0, l.w_align != 0.0 || l.w_uniform != 0.0) {
+fn loss_name(l: &crate::losses::LossConfig, guide: Option<Pooling>) -> String {
+    let base = match (l.w_info_nce != 0.0, l.w_align != 0.0 || l.w_uniform != 0.0) {
         (true, true) => "alignment + uniformity + InfoNCE",
         (true, false) => "InfoNCE (SimCSE)",
         _ => "alignment + uniformity (Wang & Isola, 2020)",
+    };
+    match guide {
+        Some(p) => format!(
+            "{base} with a distillation of the base model's {p}-pooling similarities (RankCSE's listwise loss)"
+        ),
+        None => base.to_string(),
+    }
+}
+
+/// The model card's precision line.
+fn precision(dtype: &str) -> String {
+    match dtype {
+        "f32" => "f32".to_string(),
+        half => format!("{half} compute, f32 master weights and optimizer state"),
     }
 }

@@ -66,7 +66,7 @@ impl Slot {
         (bc1, bc2): (f64, f64),
     ) -> Result<()> {
         let theta = self.var.as_tensor();
-        if [theta, g, &self.m, &self.v].into_iter().all(is_cpu_f32) {
+        if [theta, g, &self.m, &self.v].into_iter().all(fused_update) {
             // In place, one pass over each buffer: the moments, then θ.
             let moment = |beta, square| Moment {
                 beta,
@@ -246,6 +246,13 @@ fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
+/// Whether the in-place update kernels cover `t` (contiguous f32 on the
+/// CPU, or on CUDA in a CUDA build); elsewhere AdamW runs as tensor ops.
+fn fused_update(t: &Tensor) -> bool {
+    let cuda = cfg!(feature = "cuda") && t.device().is_cuda();
+    (t.device().is_cpu() || cuda) && t.dtype() == DType::F32 && t.is_contiguous()
+}
+
 const CHUNK: usize = 1 << 14;
 
 /// `m ← β·m + (1 − β)·(s·g)` (or `(s·g)²` for the second moment), in place.
@@ -269,11 +276,7 @@ impl InplaceOp2 for Moment {
     ) -> candle_core::Result<()> {
         let m = f32_data_mut(dst, dst_l, "AdamW moment")?;
         let g = f32_data(g, g_l, "gradient")?;
-        let (beta, rest, s) = (
-            self.beta as f32,
-            (1.0 - self.beta) as f32,
-            self.grad_scale as f32,
-        );
+        let (beta, rest, s) = self.factors();
         let square = self.square;
         m.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
@@ -284,6 +287,28 @@ impl InplaceOp2 for Moment {
                 }
             });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        g: &candle_core::CudaStorage,
+        g_l: &Layout,
+    ) -> candle_core::Result<()> {
+        crate::cuda::adamw_moment((dst, dst_l), (g, g_l), self.factors(), self.square)
+    }
+}
+
+impl Moment {
+    /// The f32 factors of the update: β, 1 − β, the gradient's scale.
+    fn factors(&self) -> (f32, f32, f32) {
+        (
+            self.beta as f32,
+            (1.0 - self.beta) as f32,
+            self.grad_scale as f32,
+        )
     }
 }
 
@@ -314,9 +339,7 @@ impl InplaceOp3 for FusedUpdate {
             f32_data(m, m_l, "AdamW moment")?,
             f32_data(v, v_l, "AdamW moment")?,
         );
-        let decay = (1.0 - self.lr * self.p.weight_decay) as f32;
-        let (lr, eps) = (self.lr as f32, self.p.eps as f32);
-        let (ibc1, ibc2) = ((1.0 / self.bc1) as f32, (1.0 / self.bc2) as f32);
+        let (decay, lr, eps, ibc1, ibc2) = self.factors();
         theta
             .par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
@@ -326,6 +349,40 @@ impl InplaceOp3 for FusedUpdate {
                 }
             });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        m: &candle_core::CudaStorage,
+        m_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (decay, lr, eps, inv_bc1, inv_bc2) = self.factors();
+        let launch = crate::cuda::AdamWLaunch {
+            decay,
+            lr,
+            eps,
+            inv_bc1,
+            inv_bc2,
+        };
+        crate::cuda::adamw_update((dst, dst_l), (m, m_l), (v, v_l), &launch)
+    }
+}
+
+impl FusedUpdate {
+    /// The f32 factors of the update: decay, lr, ε, 1/bc1, 1/bc2.
+    fn factors(&self) -> (f32, f32, f32, f32, f32) {
+        (
+            (1.0 - self.lr * self.p.weight_decay) as f32,
+            self.lr as f32,
+            self.p.eps as f32,
+            (1.0 / self.bc1) as f32,
+            (1.0 / self.bc2) as f32,
+        )
     }
 }
 

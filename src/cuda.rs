@@ -1,19 +1,37 @@
-//! The CUDA forwards of the custom ops (feature `cuda`): LayerNorm and the
+//! The CUDA side of the custom ops (feature `cuda`). LayerNorm and the
 //! softmax run candle-kernels' fused row kernels (the ones candle-nn's
-//! inference ops launch); dropout runs embedtune's own kernel
-//! (`cuda/dropout.cu`, PTX built by `build.rs`), which draws the same
-//! counter-based masks as the CPU. The backward passes are in
-//! [`super::fused`] and [`super::dropout`]; `tests/device.rs` checks all of
-//! them against the CPU when `EMBEDTUNE_TEST_DEVICE=cuda`.
+//! inference ops launch); dropout and AdamW's in-place updates run
+//! embedtune's own kernels (`cuda/*.cu`, PTX built by `build.rs`), dropout
+//! drawing the same counter-based masks as the CPU. The ops themselves, and
+//! their backward passes, are in [`crate::layers::fused`],
+//! [`crate::layers::dropout`] and [`crate::training::optim`];
+//! `tests/device.rs` checks them against the CPU when
+//! `EMBEDTUNE_TEST_DEVICE=cuda`, and `tests/cuda_kernels_on_host.rs` runs
+//! the kernels' arithmetic on the host.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr, kernels};
 use candle_core::{CudaStorage, Layout, Result, Shape, WithDType};
 
 const DROPOUT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx"));
+const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
+
+/// A grid-stride launch over `n` elements.
+fn elementwise(n: usize) -> LaunchConfig {
+    let threads = 256u32;
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(threads as usize).clamp(1, 65_535 * 8) as u32,
+            1,
+            1,
+        ),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 /// The contiguous data of an f32 operand.
 fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
@@ -133,13 +151,7 @@ fn dropout_typed<T: CudaDType + DeviceRepr + WithDType>(
         let rows = dev.clone_htod(d.rows)?;
         let name = format!("embedtune_dropout_{}", T::DTYPE.as_str());
         let func = dev.get_or_load_custom_func(&name, "embedtune_dropout", DROPOUT_PTX)?;
-        let threads = 256u32;
-        let blocks = n.div_ceil(threads as usize).min(65_535 * 8) as u32;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = elementwise(n);
         let (groups, t, cols, n) = (d.groups as u32, d.t as u32, d.cols as u32, n as u64);
         let mut args = func.builder();
         args.arg(&src).arg(&dst).arg(&rows);
@@ -150,4 +162,77 @@ fn dropout_typed<T: CudaDType + DeviceRepr + WithDType>(
         unsafe { args.launch(cfg) }.w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
+}
+
+/// The contiguous data of an f32 operand updated in place.
+fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<CudaViewMut<'a, f32>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end)),
+        None => candle_core::bail!("{what} must be contiguous"),
+    }
+}
+
+/// `m ← β·m + rest·(s·g)` (or `(s·g)²`), in place, f32; `factors` are
+/// `(β, rest, s)`.
+pub fn adamw_moment(
+    (m, lm): (&mut CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    (beta, rest, grad_scale): (f32, f32, f32),
+    square: bool,
+) -> Result<()> {
+    let dev = m.device().clone();
+    let n = lm.shape().elem_count();
+    let g = view(g, lg, "gradient")?;
+    let mut m = view_mut(m, lm, "AdamW moment")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let func =
+        dev.get_or_load_custom_func("embedtune_adamw_moment", "embedtune_adamw", ADAMW_PTX)?;
+    let (square, n) = (square as u32, n as u64);
+    let mut args = func.builder();
+    args.arg(&mut m).arg(&g).arg(&beta).arg(&rest);
+    args.arg(&grad_scale).arg(&square).arg(&n);
+    // SAFETY: the arguments follow the kernel's signature in cuda/adamw.cu.
+    unsafe { args.launch(elementwise(n as usize)) }.w()?;
+    Ok(())
+}
+
+/// AdamW's step factors, as the CPU update takes them.
+pub struct AdamWLaunch {
+    pub decay: f32,
+    pub lr: f32,
+    pub eps: f32,
+    pub inv_bc1: f32,
+    pub inv_bc2: f32,
+}
+
+/// `θ ← θ·decay − lr · (m/bc1) / (√(v/bc2) + ε)`, in place, f32.
+pub fn adamw_update(
+    (theta, lt): (&mut CudaStorage, &Layout),
+    (m, lm): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+    a: &AdamWLaunch,
+) -> Result<()> {
+    let dev = theta.device().clone();
+    let n = lt.shape().elem_count();
+    let (m, v) = (view(m, lm, "AdamW moment")?, view(v, lv, "AdamW moment")?);
+    let mut theta = view_mut(theta, lt, "AdamW parameter")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let func =
+        dev.get_or_load_custom_func("embedtune_adamw_update", "embedtune_adamw", ADAMW_PTX)?;
+    let n = n as u64;
+    let mut args = func.builder();
+    args.arg(&mut theta).arg(&m).arg(&v);
+    args.arg(&a.decay)
+        .arg(&a.lr)
+        .arg(&a.eps)
+        .arg(&a.inv_bc1)
+        .arg(&a.inv_bc2);
+    args.arg(&n);
+    // SAFETY: the arguments follow the kernel's signature in cuda/adamw.cu.
+    unsafe { args.launch(elementwise(n as usize)) }.w()?;
+    Ok(())
 }
