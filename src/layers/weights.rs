@@ -233,31 +233,34 @@ impl Weights {
         let Some(varmap) = &self.varmap else {
             return Ok(tensor.to_dtype(self.compute_dtype)?);
         };
-        let var = {
-            let mut vars = varmap.data().lock().expect("varmap lock");
-            match vars.get(name) {
-                Some(var) => var.clone(),
-                None => {
-                    let var = Var::from_tensor(tensor)?;
-                    vars.insert(name.to_string(), var.clone());
-                    var
-                }
-            }
-        };
+        let var = get_or_insert(
+            &mut varmap.data().lock().expect("varmap lock"),
+            name,
+            || Ok(tensor.clone()),
+        )?;
         if self.compute_dtype == self.dtype {
             return Ok(var.as_tensor().clone());
         }
         let mut copies = self.copies.lock().expect("copies lock");
-        let copy = match copies.get(name) {
-            Some(copy) => copy.clone(),
-            None => {
-                let copy = Var::from_tensor(&var.as_tensor().to_dtype(self.compute_dtype)?)?;
-                copies.insert(name.to_string(), copy.clone());
-                copy
-            }
-        };
+        let copy = get_or_insert(&mut copies, name, || {
+            Ok(var.as_tensor().to_dtype(self.compute_dtype)?)
+        })?;
         Ok(copy.as_tensor().clone())
     }
+}
+
+/// The variable `name` of `vars`, made from `init` the first time.
+fn get_or_insert(
+    vars: &mut HashMap<String, Var>,
+    name: &str,
+    init: impl FnOnce() -> Result<Tensor>,
+) -> Result<Var> {
+    if let Some(var) = vars.get(name) {
+        return Ok(var.clone());
+    }
+    let var = Var::from_tensor(&init()?)?;
+    vars.insert(name.to_string(), var.clone());
+    Ok(var)
 }
 
 /// A prefix into [`Weights`], like candle's `VarBuilder::pp`.
