@@ -16,6 +16,8 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, WrapErr, kernels};
 use candle_core::{CudaStorage, Layout, Result, Shape, WithDType};
 
+use crate::layers::dropout::DropoutOp;
+
 const DROPOUT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx"));
 const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 
@@ -111,19 +113,8 @@ pub fn softmax(x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     ))
 }
 
-/// What the dropout kernel needs besides the data.
-pub struct DropoutLaunch<'a> {
-    pub key: u64,
-    pub threshold: u32,
-    pub scale: f32,
-    pub rows: &'a [u64],
-    pub groups: usize,
-    pub t: usize,
-    pub cols: usize,
-}
-
 /// Dropout of a contiguous `(b, groups, t, cols)` block (f32, f16, bf16).
-pub fn dropout(x: &CudaStorage, l: &Layout, d: &DropoutLaunch) -> Result<(CudaStorage, Shape)> {
+pub fn dropout(x: &CudaStorage, l: &Layout, d: &DropoutOp) -> Result<(CudaStorage, Shape)> {
     use candle_core::DType;
     let storage = match x.dtype() {
         DType::F32 => dropout_typed::<f32>(x, l, d)?,
@@ -137,7 +128,7 @@ pub fn dropout(x: &CudaStorage, l: &Layout, d: &DropoutLaunch) -> Result<(CudaSt
 fn dropout_typed<T: CudaDType + DeviceRepr + WithDType>(
     x: &CudaStorage,
     l: &Layout,
-    d: &DropoutLaunch,
+    d: &DropoutOp,
 ) -> Result<CudaStorage> {
     let dev = x.device();
     let Some((start, end)) = l.contiguous_offsets() else {
@@ -148,14 +139,14 @@ fn dropout_typed<T: CudaDType + DeviceRepr + WithDType>(
     // SAFETY: every element is written by the kernel below.
     let dst = unsafe { dev.alloc::<T>(n)? };
     if n > 0 {
-        let rows = dev.clone_htod(d.rows)?;
+        let rows = dev.clone_htod(&d.rows)?;
         let name = format!("embedtune_dropout_{}", T::DTYPE.as_str());
         let func = dev.get_or_load_custom_func(&name, "embedtune_dropout", DROPOUT_PTX)?;
         let cfg = elementwise(n);
         let (groups, t, cols, n) = (d.groups as u32, d.t as u32, d.cols as u32, n as u64);
         let mut args = func.builder();
         args.arg(&src).arg(&dst).arg(&rows);
-        args.arg(&d.key).arg(&d.threshold).arg(&d.scale);
+        args.arg(&d.key.0).arg(&d.threshold).arg(&d.scale);
         args.arg(&groups).arg(&t).arg(&cols).arg(&n);
         // SAFETY: the arguments follow the kernel's signature in
         // cuda/dropout.cu; the kernel strides over all n elements.

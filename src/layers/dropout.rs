@@ -120,17 +120,19 @@ fn for_each_keep<T>(
     }
 }
 
-/// Dropout as one op: kept elements scaled by `1 / (1 − p)` (in f32), the
-/// rest zero. Its backward is itself applied to the gradient.
+/// Dropout as one op over a contiguous `(b, groups, t, cols)` block: kept
+/// elements scaled by `1 / (1 − p)` (in f32), the rest zero. Its backward is
+/// itself applied to the gradient.
 #[derive(Clone)]
-struct DropoutOp {
-    key: SiteKey,
-    threshold: u32,
-    scale: f32,
-    rows: Vec<u64>,
-    groups: usize,
-    t: usize,
-    cols: usize,
+pub(crate) struct DropoutOp {
+    pub(crate) key: SiteKey,
+    pub(crate) threshold: u32,
+    pub(crate) scale: f32,
+    /// The batch row id of each of the `b` rows.
+    pub(crate) rows: Vec<u64>,
+    pub(crate) groups: usize,
+    pub(crate) t: usize,
+    pub(crate) cols: usize,
 }
 
 impl DropoutOp {
@@ -188,16 +190,7 @@ impl candle_core::CustomOp1 for DropoutOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let launch = crate::cuda::DropoutLaunch {
-            key: self.key.0,
-            threshold: self.threshold,
-            scale: self.scale,
-            rows: &self.rows,
-            groups: self.groups,
-            t: self.t,
-            cols: self.cols,
-        };
-        crate::cuda::dropout(s, l, &launch)
+        crate::cuda::dropout(s, l, self)
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
