@@ -46,11 +46,15 @@ struct Slot {
 }
 
 impl Slot {
+    /// This weight's gradient as the backward left it (in the compute
+    /// copy's dtype under mixed precision).
+    fn raw_grad<'g>(&self, grads: &'g GradStore) -> Option<&'g Tensor> {
+        grads.get(self.copy.as_ref().unwrap_or(&self.var).as_tensor())
+    }
+
     /// This weight's gradient, in the weight's dtype.
     fn grad(&self, grads: &GradStore) -> Result<Option<Tensor>> {
-        let key = self.copy.as_ref().unwrap_or(&self.var);
-        grads
-            .get(key.as_tensor())
+        self.raw_grad(grads)
             .map(|g| Ok(g.to_dtype(self.var.dtype())?))
             .transpose()
     }
@@ -143,15 +147,16 @@ impl AdamW {
     }
 
     /// The global L2 norm of the gradients. Off the CPU the squares are
-    /// summed on the device and read back once, not once per weight.
+    /// summed on the device and read back once, not once per weight; a
+    /// half-precision gradient goes to f64 in one conversion.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut host = 0f64;
         let mut on_device: Option<Tensor> = None;
         for slot in &self.slots {
-            let Some(g) = slot.grad(grads)? else {
+            let Some(g) = slot.raw_grad(grads) else {
                 continue;
             };
-            match cpu_sum_sq(&g) {
+            match cpu_sum_sq(g) {
                 Some(v) => host += v,
                 None => {
                     let s = g.to_dtype(DType::F64)?.sqr()?.sum_all()?;
