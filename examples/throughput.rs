@@ -11,8 +11,9 @@ use std::time::Instant;
 use embedtune::layers::DropoutSeed;
 use embedtune::losses::LossConfig;
 use embedtune::rng::Rng;
+use embedtune::training::forward::GraphSplit;
 use embedtune::training::optim::{AdamW, AdamWParams};
-use embedtune::training::trainer::{Objective, train_step};
+use embedtune::training::trainer::{Objective, apply_gradients, gradients_split};
 use embedtune::{DeviceSpec, Embedder, EmbedderOptions, Pooling, source};
 
 fn peak_rss_mib() -> f64 {
@@ -50,6 +51,23 @@ fn matmul_peak() -> f64 {
         best = best.max(2.0 * (m * k * n) as f64 / s / 1e9);
     }
     best
+}
+
+/// EMBEDTUNE_GRAPH_GROUPS: the most passes a step's rows are split into
+/// by length on the candle graph route (1: one padded pass; default:
+/// [`GraphSplit::default`]), for scripts/gpu_check.py.
+fn graph_split() -> anyhow::Result<GraphSplit> {
+    Ok(match std::env::var("EMBEDTUNE_GRAPH_GROUPS") {
+        Err(_) => GraphSplit::default(),
+        Ok(n) => match n.parse::<usize>() {
+            Ok(1) => GraphSplit::ONE_PASS,
+            Ok(g) if g > 1 => GraphSplit {
+                max_groups: g,
+                ..GraphSplit::default()
+            },
+            _ => anyhow::bail!("EMBEDTUNE_GRAPH_GROUPS={n}: not a number of passes (1 or more)"),
+        },
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,33 +109,22 @@ fn main() -> anyhow::Result<()> {
     )?;
     let (sentences, seconds) = if train {
         let steps: usize = rest.first().map_or(Ok(5), |s| s.parse())?;
+        let split = graph_split()?;
         let mut optim = AdamW::for_weights(&embedder.model().weights, AdamWParams::default())?;
         let cfg = LossConfig::align_uniform();
-        // One warm-up step, not timed.
         let mut rng = Rng::new(0);
-        train_step(
-            &embedder,
-            &mut optim,
-            DropoutSeed::draw(&mut rng),
-            &texts[..64],
-            &Objective::from(&cfg),
-            1e-5,
-            Some(1.0),
-            &mut |l| Ok(l),
-        )?;
+        let mut step = |batch: &[String]| -> anyhow::Result<()> {
+            let dropout = DropoutSeed::draw(&mut rng);
+            let loss = Objective::from(&cfg);
+            let g = gradients_split(&embedder, dropout, batch, &loss, split, &mut |l| Ok(l))?;
+            apply_gradients(&mut optim, g, 1e-5, Some(1.0))?;
+            Ok(())
+        };
+        // One warm-up step, not timed.
+        step(&texts[..64])?;
         let start = Instant::now();
         for s in 0..steps {
-            let batch = &texts[(s + 1) * 64 % (texts.len() - 64)..][..64];
-            train_step(
-                &embedder,
-                &mut optim,
-                DropoutSeed::draw(&mut rng),
-                batch,
-                &Objective::from(&cfg),
-                1e-5,
-                Some(1.0),
-                &mut |l| Ok(l),
-            )?;
+            step(&texts[(s + 1) * 64 % (texts.len() - 64)..][..64])?;
         }
         (steps * 64, start.elapsed().as_secs_f64())
     } else {

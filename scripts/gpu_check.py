@@ -11,7 +11,10 @@ and max length (32). Writes one JSON file:
   loss finite and falling, sentences/s;
 - throughput: embed and fit sentences/s of both sides, f32 and bf16 (PyTorch:
   autocast), peak device memory, and the fraction of the device's bf16
-  matrix-product peak each side reaches.
+  matrix-product peak each side reaches;
+- graph_split: embedtune's bf16 fit sentences/s with a step's rows in one
+  padded pass and split by length (the default), to check the split's
+  estimated per-pass cost (src/training/forward.rs).
 
 Needs torch and transformers (the GPU machines have them; here,
 .venv-ref). The model is made here from a config (a BERT of bert-base-uncased
@@ -177,8 +180,8 @@ def useful_flops_per_sentence(model_dir, ts, size):
     return statistics.mean(per)
 
 
-def embedtune_side(bin_dir, model_dir, device, dtype, mode, data, amount):
-    env = dict(os.environ, EMBEDTUNE_DEVICE=device, EMBEDTUNE_DTYPE=dtype, HF_HUB_OFFLINE="1")
+def embedtune_side(bin_dir, model_dir, device, dtype, mode, data, amount, extra_env=None):
+    env = dict(os.environ, EMBEDTUNE_DEVICE=device, EMBEDTUNE_DTYPE=dtype, HF_HUB_OFFLINE="1", **(extra_env or {}))
     mem = PeakMemory(device)
     out, _ = mem.run([str(bin_dir / "throughput"), str(model_dir), str(data), mode, str(amount)], env)
     r = json.loads(out.strip().splitlines()[-1])
@@ -281,6 +284,20 @@ def throughput(bin_dir, model_dir, device, work, ts, size):
     return {"useful_flops_per_sentence_forward": flops, "bf16_peak_flops": peak, "rows": rows}
 
 
+def graph_split(bin_dir, model_dir, device, work, ts, size):
+    data = work / "throughput.txt"
+    data.write_text("\n".join(ts) + "\n")
+    samples = {"one_pass": [], "split": []}
+    for _ in range(size["rounds"]):  # alternating, medians
+        for name, groups in [("one_pass", "1"), ("split", None)]:
+            env = {} if groups is None else {"EMBEDTUNE_GRAPH_GROUPS": groups}
+            r = embedtune_side(bin_dir, model_dir, device, "bf16", "train", data, size["train_steps"], env)
+            samples[name].append(r["sentences_per_s"])
+    row = {name: statistics.median(v) for name, v in samples.items()}
+    row["ratio"] = row["split"] / row["one_pass"]
+    return row
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -305,7 +322,8 @@ def main():
              ("device_tests", lambda: device_tests(bin_dir, args.device)),
              ("fit", lambda: short_fit(bin_dir, model_dir, args.device, work, ts, size["fit_steps"], "f32")),
              ("fit_bf16", lambda: short_fit(bin_dir, model_dir, args.device, work, ts, size["fit_steps"], "bf16")),
-             ("throughput", lambda: throughput(bin_dir, model_dir, args.device, work, ts, size))]
+             ("throughput", lambda: throughput(bin_dir, model_dir, args.device, work, ts, size)),
+             ("graph_split", lambda: graph_split(bin_dir, model_dir, args.device, work, ts, size))]
     for name, f in steps:
         log(name)
         t = time.perf_counter()

@@ -173,6 +173,55 @@ pub fn length_sorted_batches(encoded: &[Encoded], batch_size: usize) -> Vec<Vec<
         .collect()
 }
 
+/// Splits rows `indices` of `encoded` into at most `max_groups` groups of
+/// similar length, each to be padded to its own longest, so that the
+/// padded tokens plus `pass_cost` per group (a pass's fixed cost, in
+/// tokens) are fewest. Groups come longest first, each sorted longest
+/// first. Exact: dynamic programming over the rows sorted by length (a
+/// group of an optimal split is always a run of that order).
+pub fn length_groups(
+    encoded: &[Encoded],
+    indices: &[usize],
+    max_groups: usize,
+    pass_cost: usize,
+) -> Vec<Vec<usize>> {
+    let mut order = indices.to_vec();
+    order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].ids.len()));
+    let len: Vec<usize> = order.iter().map(|&i| encoded[i].ids.len().max(1)).collect();
+    let n = order.len();
+    // best[g][j]: least cost of the first j rows in at most g + 1 groups;
+    // cut[g][j]: where that split's last group starts.
+    let groups = max_groups.clamp(1, n.max(1));
+    let mut best = vec![vec![0usize; n + 1]; groups];
+    let mut cut = vec![vec![0usize; n + 1]; groups];
+    best[0] = (0..=n)
+        .map(|j| if j == 0 { 0 } else { j * len[0] + pass_cost })
+        .collect();
+    for g in 1..groups {
+        best[g][0] = 0;
+        for j in 1..=n {
+            best[g][j] = best[g - 1][j];
+            cut[g][j] = cut[g - 1][j];
+            for i in 1..j {
+                let c = best[g - 1][i] + (j - i) * len[i] + pass_cost;
+                if c < best[g][j] {
+                    (best[g][j], cut[g][j]) = (c, i);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let (mut g, mut j) = (groups - 1, n);
+    while j > 0 {
+        let i = cut[g][j];
+        out.push(order[i..j].to_vec());
+        j = i;
+        g = g.saturating_sub(1);
+    }
+    out.reverse();
+    out
+}
+
 /// A BERT WordPiece tokenizer built from `vocab.txt` and the optional
 /// `tokenizer_config.json`, for models that ship no `tokenizer.json`.
 fn wordpiece(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
@@ -239,5 +288,60 @@ mod tests {
             .collect();
         let batches = length_sorted_batches(&enc, 2);
         assert_eq!(batches, vec![vec![1, 4], vec![3, 0], vec![2]]);
+    }
+
+    fn rows(lens: &[usize]) -> Vec<Encoded> {
+        lens.iter()
+            .map(|&n| Encoded {
+                ids: vec![1; n],
+                type_ids: vec![0; n],
+            })
+            .collect()
+    }
+
+    /// Padded tokens plus `pass_cost` per group.
+    fn cost(enc: &[Encoded], groups: &[Vec<usize>], pass_cost: usize) -> usize {
+        groups
+            .iter()
+            .map(|g| g.len() * g.iter().map(|&i| enc[i].ids.len()).max().unwrap() + pass_cost)
+            .sum()
+    }
+
+    #[test]
+    fn length_groups_pad_least_and_cover_every_row_once() {
+        let enc = rows(&[3, 30, 4, 31, 5, 29, 3, 12, 11, 4]);
+        let all: Vec<usize> = (0..enc.len()).collect();
+        assert_eq!(
+            length_groups(&enc, &all, 1, 0),
+            vec![vec![3, 1, 5, 7, 8, 4, 2, 9, 0, 6]]
+        );
+        let groups = length_groups(&enc, &all, 3, 0);
+        assert_eq!(groups, vec![vec![3, 1, 5], vec![7, 8], vec![4, 2, 9, 0, 6]]);
+        // Every split into at most three runs of the sorted order costs as
+        // much or more.
+        let order = &length_groups(&enc, &all, 1, 0)[0];
+        let n = order.len();
+        for a in 1..n {
+            for b in a..=n {
+                let split: Vec<Vec<usize>> = [&order[..a], &order[a..b], &order[b..]]
+                    .into_iter()
+                    .filter(|g| !g.is_empty())
+                    .map(<[_]>::to_vec)
+                    .collect();
+                assert!(cost(&enc, &groups, 0) <= cost(&enc, &split, 0), "{split:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn length_groups_split_only_where_it_pays_for_the_pass() {
+        let enc = rows(&[10, 10, 9, 9, 2, 2]);
+        let all: Vec<usize> = (0..enc.len()).collect();
+        // Splitting off the two short rows saves 16 padded tokens.
+        assert_eq!(length_groups(&enc, &all, 4, 15).len(), 2);
+        assert_eq!(length_groups(&enc, &all, 4, 17).len(), 1);
+        // A subset of the rows, and no rows at all.
+        assert_eq!(length_groups(&enc, &[5, 0], 4, 0), vec![vec![0], vec![5]]);
+        assert!(length_groups(&enc, &[], 4, 0).is_empty());
     }
 }

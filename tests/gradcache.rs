@@ -1,16 +1,19 @@
 //! Gradient caching equals full-batch training: the same weight gradients
 //! and the same weights after an AdamW step, on a tiny random BERT with
 //! dropout, sentences of different lengths and chunks that do not divide
-//! the batch.
+//! the batch. So does the candle graph route split into passes by length.
 
 mod common;
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
+use candle_core::backprop::GradStore;
 use common::{WORDS, tiny_model};
 use embedtune::layers::DropoutSeed;
-use embedtune::losses::LossConfig;
+use embedtune::losses::{self, LossConfig};
+use embedtune::tokenize::length_groups;
+use embedtune::training::forward::{GraphSplit, graph_forward, train_forward};
 use embedtune::training::gradcache::cached_gradients;
 use embedtune::training::optim::{AdamW, AdamWParams};
 use embedtune::training::trainer::{
@@ -78,13 +81,16 @@ fn loss(guide: &Tensor) -> Objective<'_> {
 }
 
 fn grads_by_name(e: &Embedder, g: &StepGradients) -> HashMap<String, Vec<f32>> {
+    weight_grads(e, &g.grads)
+}
+
+fn weight_grads(e: &Embedder, grads: &GradStore) -> HashMap<String, Vec<f32>> {
     e.model()
         .weights
         .vars()
         .into_iter()
         .map(|(name, var)| {
-            let t = g
-                .grads
+            let t = grads
                 .get(var.as_tensor())
                 .expect("every weight has a gradient");
             (name, t.flatten_all().unwrap().to_vec1().unwrap())
@@ -186,4 +192,76 @@ fn a_cached_step_leaves_the_same_weights() {
         // rounding (1e-7 relative, see above) into ~1% of a step. Allow 3%.
         assert!(d <= 3e-5, "`{name}` differs by {d} after two steps");
     }
+}
+
+/// The candle graph route (CUDA, Metal, half precision), its rows split
+/// into passes of similar length, gives the loss and gradients of the
+/// CPU's packed pass: the same masks (they follow the row ids), the pooled
+/// rows back in the order asked for.
+#[test]
+fn the_graph_route_split_by_length_equals_the_packed_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let e = embedder(&model);
+    let (texts, seed) = (texts(), DropoutSeed(17));
+    let g = guide(&model, &texts);
+    let once = e.tokenizer().encode_all(&texts).unwrap();
+    let rows: Vec<_> = once.iter().chain(&once).cloned().collect();
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let loss_of = |pooled: &Tensor| {
+        let b = texts.len();
+        let (x, y) = (
+            pooled.narrow(0, 0, b).unwrap(),
+            pooled.narrow(0, b, b).unwrap(),
+        );
+        losses::combined(&x, &y, Some(&g), &LOSS).unwrap().total
+    };
+    let packed = train_forward(&e, &rows, &all, seed, GraphSplit::default()).unwrap();
+    let packed_pooled = packed.pooled.clone();
+    let loss = loss_of(&packed_pooled);
+    let want_loss = loss.to_scalar::<f32>().unwrap();
+    let want = weight_grads(&e, &packed.backward(&loss).unwrap());
+    let three = GraphSplit {
+        max_groups: 3,
+        pass_cost: 0,
+    };
+    assert_eq!(length_groups(&rows, &all, 3, 0).len(), 3);
+    for split in [GraphSplit::ONE_PASS, three] {
+        let graph = graph_forward(&e, &rows, &all, seed, split).unwrap();
+        let loss = loss_of(&graph.pooled);
+        let l = loss.to_scalar::<f32>().unwrap();
+        assert!(
+            (l - want_loss).abs() <= 1e-5 * want_loss.abs().max(1.0),
+            "{split:?}: {l} vs {want_loss}"
+        );
+        let got = weight_grads(&e, &graph.backward(&loss).unwrap());
+        for (name, g) in want.iter().filter(|(n, _)| !exactly_zero_gradient(n)) {
+            let r = rel_diff(g, &got[name]);
+            assert!(r <= 1e-5, "{split:?}: `{name}` differs by {r:e} (relative)");
+        }
+    }
+    // Rows asked for in another order come back in that order.
+    let shuffled: Vec<usize> = (0..rows.len()).map(|k| (k * 7) % rows.len()).collect();
+    let want = packed_pooled
+        .index_select(
+            &Tensor::new(
+                shuffled.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap(),
+            0,
+        )
+        .unwrap();
+    let got = graph_forward(&e, &rows, &shuffled, seed, three)
+        .unwrap()
+        .pooled;
+    let d = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d <= 1e-5, "{d}");
 }

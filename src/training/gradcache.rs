@@ -1,8 +1,8 @@
 //! Gradient caching (GradCache, Gao et al., 2021): a batch of any size in
 //! the memory of a chunk.
 //!
-//! 1. Encode the 2B rows (both dropout views) in chunks of `m` rows with no
-//!    tape ([`Encoder::forward`](crate::models::Encoder::forward) with the
+//! 1. Encode the 2B rows (both dropout views), sorted by length, in chunks
+//!    of `m` rows with no tape ([`Encoder::forward`](crate::models::Encoder::forward) with the
 //!    step's seed) and keep only the pooled embeddings.
 //! 2. The loss on all 2B embeddings, and its gradient `G` with respect to
 //!    them (candle's autograd on a variable holding the embeddings).
@@ -18,7 +18,8 @@ use candle_core::{DType, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::inference::Embedder;
 use crate::layers::DropoutSeed;
-use crate::tokenize::{Batch, Encoded};
+use crate::tokenize::{Batch, Encoded, length_sorted_batches};
+use crate::training::forward::GraphSplit;
 use crate::training::trainer::{
     Objective, StepGradients, backward_through_encoder, both_views, loss_and_parts,
 };
@@ -37,14 +38,13 @@ pub fn cached_gradients(
         return Err(Error::setting("--mini-batch", 0, "must be at least 1"));
     }
     let rows = both_views(embedder, texts)?;
-    let chunks: Vec<(usize, usize)> = (0..rows.len())
-        .step_by(mini_batch)
-        .map(|s| (s, mini_batch.min(rows.len() - s)))
-        .collect();
+    // Chunks of similar length pad least; the masks follow the row ids, so
+    // the order changes nothing else.
+    let chunks = length_sorted_batches(&rows, mini_batch);
     // Pass 1: embeddings only.
     let mut pooled = Vec::with_capacity(chunks.len());
-    for &(start, len) in &chunks {
-        let batch = chunk(embedder, &rows, start, len)?;
+    for chunk in &chunks {
+        let batch = pad(embedder, &rows, chunk)?;
         let out = embedder.model().encoder.forward(&batch, Some(dropout))?;
         pooled.push(
             embedder
@@ -53,8 +53,10 @@ pub fn cached_gradients(
                 .detach(),
         );
     }
-    let all = Var::from_tensor(&Tensor::cat(&pooled, 0)?)?;
+    // Back to row order (the views' halves) for the loss.
+    let sorted = Tensor::cat(&pooled, 0)?;
     drop(pooled);
+    let all = Var::from_tensor(&sorted.index_select(&positions(&chunks, sorted.device())?, 0)?)?;
     let (mut g, total) = loss_and_parts(all.as_tensor(), loss, adjust)?;
     let cached = total
         .backward()?
@@ -62,32 +64,50 @@ pub fn cached_gradients(
         .ok_or_else(|| Error::Invalid("the loss does not depend on the embeddings".into()))?;
     // Pass 2: replay each chunk's masks and back-propagate its share.
     let vars = embedder.model().weights.graph_vars();
-    for &(start, len) in &chunks {
-        let batch = chunk(embedder, &rows, start, len)?;
-        let grads = chunk_backward(embedder, &batch, dropout, &cached.narrow(0, start, len)?)?;
+    for chunk in &chunks {
+        let ids: Vec<u32> = chunk.iter().map(|&r| r as u32).collect();
+        let upstream = cached.index_select(&Tensor::new(ids, cached.device())?, 0)?;
+        let grads = chunk_backward(embedder, &rows, chunk, dropout, &upstream)?;
         accumulate(&mut g.grads, grads, vars.values())?;
     }
     Ok(g)
 }
 
-/// Rows `start..start + len` of the 2B, keeping their row ids (and so their
-/// dropout masks), padded to their own longest.
-fn chunk(embedder: &Embedder, rows: &[Encoded], start: usize, len: usize) -> Result<Batch> {
+/// Rows `chunk`, keeping their row ids (and so their dropout masks),
+/// padded to their own longest.
+fn pad(embedder: &Embedder, rows: &[Encoded], chunk: &[usize]) -> Result<Batch> {
     embedder
         .tokenizer()
-        .pad(rows, (start..start + len).collect(), embedder.device())
+        .pad(rows, chunk.to_vec(), embedder.device())
+}
+
+/// Where each row id is in the chunks laid end to end: the rows of the
+/// chunks' concatenation, in row order.
+fn positions(chunks: &[Vec<usize>], device: &candle_core::Device) -> Result<Tensor> {
+    let n = chunks.iter().map(Vec::len).sum();
+    let mut at = vec![0u32; n];
+    for (k, &r) in chunks.iter().flatten().enumerate() {
+        at[r] = k as u32;
+    }
+    Ok(Tensor::new(at, device)?)
 }
 
 /// The weight gradients of `Σ pooled(batch) ⊙ upstream`.
 fn chunk_backward(
     embedder: &Embedder,
-    batch: &Batch,
+    rows: &[Encoded],
+    chunk: &[usize],
     dropout: DropoutSeed,
     upstream: &Tensor,
 ) -> Result<GradStore> {
-    let (grads, ()) = backward_through_encoder(embedder, batch, dropout, |pooled| {
-        Ok(((pooled * upstream)?.sum_all()?, ()))
-    })?;
+    let (grads, ()) = backward_through_encoder(
+        embedder,
+        rows,
+        chunk,
+        dropout,
+        GraphSplit::default(),
+        |pooled| Ok(((pooled * upstream)?.sum_all()?, ())),
+    )?;
     Ok(grads)
 }
 

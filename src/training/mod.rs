@@ -1,13 +1,15 @@
 //! `fit`: unsupervised fine-tuning with alignment + uniformity (or InfoNCE)
 //! on dropout positive pairs.
 //!
-//! `data` streams the corpus, `optim` is AdamW with clipping and schedule,
+//! `data` streams the corpus, `forward` encodes a step's rows in train
+//! mode, `optim` is AdamW with clipping and schedule,
 //! `checkpoint` saves and resumes, `trainer` runs the loop; [`fit`] ties
 //! them together with the before/after diagnosis and the saved model.
 
 pub mod args;
 pub mod checkpoint;
 pub mod data;
+pub mod forward;
 pub mod gradcache;
 pub mod optim;
 pub mod recipes;

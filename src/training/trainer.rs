@@ -17,9 +17,10 @@ use crate::metrics;
 use crate::pooling::Pooling;
 use crate::rng::Rng;
 use crate::sts::{self, StsPair};
-use crate::tokenize::{Batch, Encoded};
+use crate::tokenize::Encoded;
 use crate::training::checkpoint::{self, TrainState};
 use crate::training::data::{Corpus, EpochStream};
+use crate::training::forward::{self, GraphSplit};
 use crate::training::gradcache;
 use crate::training::optim::{AdamW, AdamWParams, clip_scale, linear_schedule};
 
@@ -652,8 +653,9 @@ pub fn guide_vectors(
     )?))
 }
 
-/// The gradients of [`train_step`]'s loss: both views in one forward and
-/// one backward.
+/// The gradients of [`train_step`]'s loss: both views in one forward
+/// ([`forward::train_forward`], the graph route split by length as
+/// [`GraphSplit::default`] says) and one backward.
 pub fn gradients(
     embedder: &Embedder,
     dropout: DropoutSeed,
@@ -661,47 +663,50 @@ pub fn gradients(
     loss: &Objective,
     adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
 ) -> Result<StepGradients> {
+    gradients_split(
+        embedder,
+        dropout,
+        texts,
+        loss,
+        GraphSplit::default(),
+        adjust,
+    )
+}
+
+/// [`gradients`] with the graph route's rows split as `split` says.
+pub fn gradients_split(
+    embedder: &Embedder,
+    dropout: DropoutSeed,
+    texts: &[String],
+    loss: &Objective,
+    split: GraphSplit,
+    adjust: &mut dyn FnMut(Tensor) -> Result<Tensor>,
+) -> Result<StepGradients> {
     let rows = both_views(embedder, texts)?;
-    let batch = embedder
-        .tokenizer()
-        .pad(&rows, (0..rows.len()).collect(), embedder.device())?;
-    let (grads, mut g) = backward_through_encoder(embedder, &batch, dropout, |pooled| {
-        loss_and_parts(pooled, loss, adjust).map(|(g, total)| (total, g))
-    })?;
+    let indices: Vec<usize> = (0..rows.len()).collect();
+    let (grads, mut g) =
+        backward_through_encoder(embedder, &rows, &indices, dropout, split, |pooled| {
+            loss_and_parts(pooled, loss, adjust).map(|(g, total)| (total, g))
+        })?;
     g.grads = grads;
     Ok(g)
 }
 
-/// Encodes `batch` in train mode with `dropout` (the hand-written pass
-/// where there is one, else the candle graph), pools, and back-propagates
-/// the scalar `loss` returns for the pooled rows into every weight. Also
-/// returns what `loss` returns beside its scalar.
+/// Encodes rows `indices` of `rows` in train mode with `dropout`, pools,
+/// and back-propagates the scalar `loss` returns for the pooled rows (in
+/// the order of `indices`) into every weight. Also returns what `loss`
+/// returns beside its scalar.
 pub(crate) fn backward_through_encoder<T>(
     embedder: &Embedder,
-    batch: &Batch,
+    rows: &[Encoded],
+    indices: &[usize],
     dropout: DropoutSeed,
+    split: GraphSplit,
     loss: impl FnOnce(&Tensor) -> Result<(Tensor, T)>,
 ) -> Result<(GradStore, T)> {
-    let encoder = &embedder.model().encoder;
-    let pass = encoder.forward_train(batch, dropout)?;
-    let graph_output;
-    let output = match &pass {
-        Some(pass) => pass.output(),
-        None => {
-            graph_output = encoder.forward_graph(batch, Some(dropout))?;
-            &graph_output
-        }
-    };
-    // Losses in f32 whatever the encoder computes in.
-    let pooled = embedder
-        .sentence_embeddings(output, &batch.attention_mask)?
-        .to_dtype(DType::F32)?;
-    let (total, extra) = loss(&pooled)?;
-    let mut grads = total.backward()?;
-    if let Some(pass) = pass {
-        pass.backward(&mut grads)?;
-    }
-    Ok((grads, extra))
+    let pass = forward::train_forward(embedder, rows, indices, dropout, split)?;
+    let (total, extra) = loss(&pass.pooled)?;
+    Ok((pass.backward(&total)?, extra))
 }
 
 /// Sentences `0..B` then the same sentences again as rows `B..2B`: the two
