@@ -95,11 +95,13 @@ fn main() -> anyhow::Result<()> {
         Ok("f16") => candle_core::DType::F16,
         Ok(other) => anyhow::bail!("EMBEDTUNE_DTYPE={other}: not one of f32, bf16, f16"),
     };
+    // EMBEDTUNE_MAX_LEN: tokens per sentence at most (default 32).
+    let max_len: usize = std::env::var("EMBEDTUNE_MAX_LEN").map_or(Ok(32), |s| s.parse())?;
     let embedder = Embedder::from_pretrained(
         model,
         EmbedderOptions {
             pooling: Some(Pooling::Cls),
-            max_len: Some(32),
+            max_len: Some(max_len),
             batch_size: 64,
             device,
             dtype,
