@@ -2,8 +2,9 @@
 //! the memory of a chunk.
 //!
 //! 1. Encode the 2B rows (both dropout views), sorted by length, in chunks
-//!    of `m` rows with no tape ([`Encoder::forward`](crate::models::Encoder::forward) with the
-//!    step's seed) and keep only the pooled embeddings.
+//!    of `m` rows with no tape
+//!    ([`Encoder::forward`](crate::models::Encoder::forward) with the step's
+//!    seed) and keep only the pooled embeddings.
 //! 2. The loss on all 2B embeddings, and its gradient `G` with respect to
 //!    them (candle's autograd on a variable holding the embeddings).
 //! 3. Encode each chunk again in train mode with the *same* masks — dropout
