@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 use candle_core::backprop::GradStore;
-use common::{WORDS, tiny_model};
+use common::{WORDS, max_abs_diff, tiny_model};
 use embedtune::layers::DropoutSeed;
 use embedtune::losses::{self, LossConfig};
 use embedtune::tokenize::length_groups;
@@ -255,13 +255,6 @@ fn the_graph_route_split_by_length_equals_the_packed_pass() {
     let got = graph_forward(&e, &rows, &shuffled, seed, three)
         .unwrap()
         .pooled;
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(&got, &want);
     assert!(d <= 1e-5, "{d}");
 }
