@@ -53,21 +53,24 @@ fn matmul_peak() -> f64 {
     best
 }
 
-/// EMBEDTUNE_GRAPH_GROUPS: the most passes a step's rows are split into
-/// by length on the candle graph route (1: one padded pass; default:
-/// [`GraphSplit::default`]), for scripts/gpu_check.py.
-fn graph_split() -> anyhow::Result<GraphSplit> {
-    Ok(match std::env::var("EMBEDTUNE_GRAPH_GROUPS") {
-        Err(_) => GraphSplit::default(),
-        Ok(n) => match n.parse::<usize>() {
-            Ok(1) => GraphSplit::ONE_PASS,
-            Ok(g) if g > 1 => GraphSplit {
-                max_groups: g,
-                ..GraphSplit::default()
-            },
+/// EMBEDTUNE_GRAPH_GROUPS (the most passes a step's rows are split into
+/// by length on the candle graph route; 1: one padded pass) and
+/// EMBEDTUNE_GRAPH_PASS_COST (padded tokens an extra pass must save), each
+/// defaulting to [`GraphSplit::for_device`]'s; for scripts/gpu_check.py.
+fn graph_split(device: &candle_core::Device) -> anyhow::Result<GraphSplit> {
+    let mut split = GraphSplit::for_device(device);
+    if let Ok(n) = std::env::var("EMBEDTUNE_GRAPH_GROUPS") {
+        split.max_groups = match n.parse::<usize>() {
+            Ok(g) if g >= 1 => g,
             _ => anyhow::bail!("EMBEDTUNE_GRAPH_GROUPS={n}: not a number of passes (1 or more)"),
-        },
-    })
+        };
+    }
+    if let Ok(c) = std::env::var("EMBEDTUNE_GRAPH_PASS_COST") {
+        split.pass_cost = c.parse().map_err(|_| {
+            anyhow::anyhow!("EMBEDTUNE_GRAPH_PASS_COST={c}: not a number of tokens")
+        })?;
+    }
+    Ok(split)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let (sentences, seconds) = if train {
         let steps: usize = rest.first().map_or(Ok(5), |s| s.parse())?;
-        let split = graph_split()?;
+        let split = graph_split(embedder.device())?;
         let mut optim = AdamW::for_weights(&embedder.model().weights, AdamWParams::default())?;
         let cfg = LossConfig::align_uniform();
         let mut rng = Rng::new(0);

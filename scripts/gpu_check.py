@@ -12,9 +12,10 @@ and max length (32). Writes one JSON file:
 - throughput: embed and fit sentences/s of both sides, f32 and bf16 (PyTorch:
   autocast), peak device memory, and the fraction of the device's bf16
   matrix-product peak each side reaches;
-- graph_split: embedtune's bf16 fit sentences/s with a step's rows in one
-  padded pass and split by length (the default), to check the split's
-  estimated per-pass cost (src/training/forward.rs).
+- graph_split: embedtune's bf16 fit sentences/s on sentences of mixed
+  length at max length 128, a step's rows in one padded pass, split as the
+  device's default says, and split into up to 4 passes whatever they cost:
+  to check the per-pass cost estimate of src/training/forward.rs.
 
 Needs torch and transformers (the GPU machines have them; here,
 .venv-ref). The model is made here from a config (a BERT of bert-base-uncased
@@ -285,17 +286,23 @@ def throughput(bin_dir, model_dir, device, work, ts, size):
 
 
 def graph_split(bin_dir, model_dir, device, work, ts, size):
-    data = work / "throughput.txt"
-    data.write_text("\n".join(ts) + "\n")
-    samples = {"one_pass": [], "split": []}
+    """embedtune's bf16 fit at max length 128 on sentences of mixed length
+    (1 to 4 probe sentences joined): one padded pass per step, the
+    device's default split, and up to 4 passes whatever they cost."""
+    mixed = [" ".join(ts[i:i + 1 + i % 4]) for i in range(len(ts))]
+    data = work / "mixed.txt"
+    data.write_text("\n".join(mixed) + "\n")
+    runs = {"one_pass": {"EMBEDTUNE_GRAPH_GROUPS": "1"}, "default": {},
+            "four_passes_free": {"EMBEDTUNE_GRAPH_GROUPS": "4", "EMBEDTUNE_GRAPH_PASS_COST": "0"}}
+    samples = {name: [] for name in runs}
     for _ in range(min(2, size["rounds"])):  # alternating, medians; 2 rounds keep the check short
-        for name, groups in [("one_pass", "1"), ("split", None)]:
-            env = {} if groups is None else {"EMBEDTUNE_GRAPH_GROUPS": groups}
-            r = embedtune_side(bin_dir, model_dir, device, "bf16", "train", data, size["train_steps"], env)
+        for name, env in runs.items():
+            r = embedtune_side(bin_dir, model_dir, device, "bf16", "train", data, size["train_steps"],
+                               dict(env, EMBEDTUNE_MAX_LEN="128"))
             samples[name].append(r["sentences_per_s"])
     row = {name: statistics.median(v) for name, v in samples.items()}
-    row["ratio"] = row["split"] / row["one_pass"]
-    return row
+    return {"max_len": 128, "dtype": "bf16", "sentences_per_s": {n: row[n] for n in runs},
+            "vs_one_pass": {n: row[n] / row["one_pass"] for n in runs if n != "one_pass"}}
 
 
 def main():

@@ -216,7 +216,7 @@ fn the_graph_route_split_by_length_equals_the_packed_pass() {
         );
         losses::combined(&x, &y, Some(&g), &LOSS).unwrap().total
     };
-    let packed = train_forward(&e, &rows, &all, seed, GraphSplit::default()).unwrap();
+    let packed = train_forward(&e, &rows, &all, seed, GraphSplit::for_device(e.device())).unwrap();
     let packed_pooled = packed.pooled.clone();
     let loss = loss_of(&packed_pooled);
     let want_loss = loss.to_scalar::<f32>().unwrap();

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 use crate::inference::Embedder;
@@ -34,20 +34,21 @@ pub struct GraphSplit {
     pub pass_cost: usize,
 }
 
-impl Default for GraphSplit {
-    /// Up to 4 passes, each worth 1,024 padded tokens of launches and
-    /// smaller matrix products: an estimate, not yet measured on a GPU
-    /// (`scripts/gpu_check.py` times fit with this split and with one
-    /// pass).
-    fn default() -> Self {
+impl GraphSplit {
+    /// The split for `device`: up to 4 passes; an extra pass is worth
+    /// 1,024 padded tokens on the CPU (measured to pay at max length 128,
+    /// see README "fit") and 4,096 on a GPU. The GPU figure is reasoned,
+    /// not measured: there small passes are bound by kernel launches (some
+    /// hundreds per bert-base pass, forward and backward), milliseconds in
+    /// which the tensor cores would do some thousands of tokens' products;
+    /// `scripts/gpu_check.py` times one pass against this split.
+    pub fn for_device(device: &Device) -> GraphSplit {
         GraphSplit {
             max_groups: 4,
-            pass_cost: 1024,
+            pass_cost: if device.is_cpu() { 1024 } else { 4096 },
         }
     }
-}
 
-impl GraphSplit {
     /// One pass over all rows.
     pub const ONE_PASS: GraphSplit = GraphSplit {
         max_groups: 1,

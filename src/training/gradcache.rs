@@ -106,7 +106,7 @@ fn chunk_backward(
         rows,
         chunk,
         dropout,
-        GraphSplit::default(),
+        GraphSplit::for_device(embedder.device()),
         |pooled| Ok(((pooled * upstream)?.sum_all()?, ())),
     )?;
     Ok(grads)

@@ -655,7 +655,7 @@ pub fn guide_vectors(
 
 /// The gradients of [`train_step`]'s loss: both views in one forward
 /// ([`forward::train_forward`], the graph route split by length as
-/// [`GraphSplit::default`] says) and one backward.
+/// [`GraphSplit::for_device`] says) and one backward.
 pub fn gradients(
     embedder: &Embedder,
     dropout: DropoutSeed,
@@ -668,7 +668,7 @@ pub fn gradients(
         dropout,
         texts,
         loss,
-        GraphSplit::default(),
+        GraphSplit::for_device(embedder.device()),
         adjust,
     )
 }
