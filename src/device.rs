@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -87,4 +87,12 @@ pub fn parse_dtype(s: &str) -> Result<candle_core::DType> {
             "`{s}` is not one of f32, bf16, f16"
         ))),
     }
+}
+
+/// Whether embedtune's own kernels cover `t`: f32 on the CPU
+/// ([`crate::kernels`]) or, in a CUDA build, on CUDA (`src/cuda.rs`).
+/// Elsewhere the custom ops fall back to candle's own ops.
+pub(crate) fn own_f32_kernels(t: &Tensor) -> bool {
+    t.dtype() == DType::F32
+        && (t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda()))
 }

@@ -15,6 +15,7 @@
 use candle_core::{CpuStorage, D, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::device::own_f32_kernels;
 use crate::error::Result;
 use crate::kernels::activation::Activation;
 use crate::kernels::f32_data;
@@ -23,12 +24,6 @@ use crate::kernels::softmax::{softmax_row, softmax_row_backward};
 
 fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
-}
-
-/// Whether the fused LayerNorm and softmax have a forward for `t`.
-fn fused_f32(t: &Tensor) -> bool {
-    t.dtype() == DType::F32
-        && (t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda()))
 }
 
 /// bf16 and f16: the ops whose reductions lose most in half precision
@@ -45,7 +40,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
         let y = layer_norm(&f32(x)?, &f32(gamma)?, &f32(beta)?, eps)?;
         return Ok(y.to_dtype(x.dtype())?);
     }
-    if fused_f32(x) && fused_f32(gamma) && fused_f32(beta) {
+    if own_f32_kernels(x) && own_f32_kernels(gamma) && own_f32_kernels(beta) {
         return Ok(x
             .contiguous()?
             .apply_op3(gamma, beta, LayerNormOp { eps: eps as f32 })?);
@@ -67,7 +62,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if is_half(x) {
         return Ok(softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
     }
-    if fused_f32(x) {
+    if own_f32_kernels(x) {
         return Ok(x.contiguous()?.apply_op1(SoftmaxOp)?);
     }
     if x.track_op() {

@@ -254,8 +254,7 @@ fn is_cpu_f32(t: &Tensor) -> bool {
 /// Whether the in-place update kernels cover `t` (contiguous f32 on the
 /// CPU, or on CUDA in a CUDA build); elsewhere AdamW runs as tensor ops.
 fn fused_update(t: &Tensor) -> bool {
-    let cuda = cfg!(feature = "cuda") && t.device().is_cuda();
-    (t.device().is_cpu() || cuda) && t.dtype() == DType::F32 && t.is_contiguous()
+    crate::device::own_f32_kernels(t) && t.is_contiguous()
 }
 
 const CHUNK: usize = 1 << 14;
