@@ -218,7 +218,6 @@ impl TrainConfig {
         if l.center {
             s.push(("--center-batch", "true".into()));
         }
-
         if let Some(pairs) = sts {
             s.push(("--eval-sts pairs", pairs.len().to_string()));
             s.push(("--eval-every", self.eval_every.to_string()));
